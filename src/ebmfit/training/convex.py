@@ -1,0 +1,138 @@
+r"""Penalised maximum likelihood for linear energies: a convex problem solved to its optimum.
+
+For :math:`V_\theta = \theta^\top\phi` the objective
+
+.. math:: J_\lambda(\theta) = \theta^\top\bar\phi_{\text{data}}
+   + \log \sum_g w_g\, e^{-\theta^\top \phi(u_g)} + \lambda R(\theta)
+
+is convex (log-sum-exp of linear functions plus a PSD quadratic); its gradient
+:math:`\bar\phi_{\text{data}} - \mathbb{E}_{\pi}[\phi] + \lambda\nabla R` is the gradient
+identity with the exact (quadrature) negative phase.  The data enter only through the mean
+feature vector, so each iteration costs one tensor-grid evaluation (mode products).
+
+It is solved by L-BFGS in preconditioned coordinates :math:`\theta = \theta_0 + (s\odot\eta)
+\times_1 Q \cdots \times_d Q`, where Q diagonalises the roughness penalty per axis (identity for
+the Legendre and cosine penalties, the Demmler–Reinsch basis for the spline difference penalty)
+and :math:`s_j^{-2}` is the diagonal of the Hessian in those coordinates,
+:math:`\mathrm{Var}_\pi(\tilde\phi_j) + \lambda \tilde R_{jj}` (two adjoint mode products).  The penalty λ is chosen on a decreasing log-spaced path with warm starts, by the
+validation NLL under the independent checking rule; the final model is refitted on all data at
+that λ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..base import Uniform
+from ..partition.quadrature import gauss_legendre_1d
+from .fit import FitResult, check_log_partition, mean_energy
+
+__all__ = ["fit_convex", "training_rule"]
+
+
+def training_rule(energy) -> tuple[int, int]:
+    """(n_cells, n_nodes) of the fixed training quadrature for a linear energy."""
+    per_axis = {1: 1024, 2: 192, 3: 72}.get(energy.dim, 16)
+    return per_axis // 4, 4
+
+
+def _objective(energy, coef, phi_bar, axes, logw, lam):
+    log_z = torch.logsumexp(logw - energy.grid_values(axes, coef), 0)
+    nll = (energy.effective_coef(coef) * phi_bar).sum() + log_z
+    return nll + lam * energy.roughness(coef), nll
+
+
+def _mode_product(T: torch.Tensor, Q: torch.Tensor | None) -> torch.Tensor:
+    if Q is None:
+        return T
+    for i in range(T.dim()):
+        T = torch.tensordot(Q, T, dims=([1], [i])).movedim(0, i)
+    return T
+
+
+def _solve(energy, phi_bar, axes, logw, lam, max_iter):
+    """Minimise J_λ from the current coefficients; returns (train NLL, iterations)."""
+    theta0 = energy.coef.detach().clone()
+    Q, pen_diag = energy.penalty_transform()
+    with torch.no_grad():
+        pi = torch.softmax(logw - energy.grid_values(axes, theta0), 0)
+        m2 = energy.grid_moments(axes, pi, power=2, transform=Q)
+        m1 = energy.grid_moments(axes, pi, transform=Q)
+        h = (m2 - m1**2).clamp_min(0) + lam * pen_diag
+    mask = energy.mask if Q is None else torch.ones_like(energy.mask)
+    scale = h.clamp_min(1e-12).rsqrt() * mask
+    eta = torch.zeros_like(theta0, requires_grad=True)
+    opt = torch.optim.LBFGS([eta], lr=1, max_iter=max_iter, history_size=30,
+                            tolerance_grad=1e-8, tolerance_change=1e-11,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        obj, _ = _objective(energy, theta0 + _mode_product(scale * eta, Q), phi_bar, axes, logw, lam)
+        obj.backward()
+        return obj
+
+    opt.step(closure)
+    n_iter = int(opt.state[eta].get("n_iter", 0))
+    with torch.no_grad():
+        theta = theta0 + _mode_product(scale * eta, Q)
+        obj, nll = _objective(energy, theta, phi_bar, axes, logw, lam)
+        if not torch.isfinite(obj):
+            raise FloatingPointError(f"convex fit produced a non-finite objective at lambda={lam:g}")
+        energy.coef.copy_(theta)
+    return float(nll), n_iter
+
+
+def fit_convex(energy, U_train: torch.Tensor, U_val: torch.Tensor, *,
+               lambdas: list[float] | None = None, max_iter: int = 300, patience: int = 3,
+               refit: bool = True, progress: bool = False) -> FitResult:
+    """Fit a :class:`~ebmfit.energies.LinearEnergy` (uniform base) along a penalty path.
+
+    ``U_train``/``U_val``: unit-cube data, shapes (n, d), (n_val, d).  ``energy`` ends at the
+    selected penalty (refitted on train ∪ val when ``refit``).  History rows hold
+    ``lambda``, ``train_nll`` and ``val_nll`` (checking rule).
+    """
+    if not energy.is_linear:
+        raise TypeError("fit_convex needs a linear energy (legendre, cosine, spline)")
+    lambdas = list(lambdas) if lambdas is not None else list(np.logspace(1, -9, 21))
+    d = energy.dim
+    dev, dt = energy.coef.device, energy.coef.dtype
+    cells, nodes = training_rule(energy)
+    ax, w = gauss_legendre_1d(cells, nodes, dtype=dt, device=dev)
+    axes = [ax] * d
+    logw = torch.zeros((), dtype=dt, device=dev)
+    for _ in range(d):
+        logw = (logw[..., None] + torch.log(w)).reshape(-1)
+    U_train, U_val = U_train.to(dev), U_val.to(dev)
+    phi_tr = energy.mean_features(U_train)
+    history: list[dict] = []
+    best_val, best_lam, best_coef, best_idx = math.inf, lambdas[0], None, 0
+    since_best, total_iter = 0, 0
+    for lam in tqdm(lambdas, disable=not progress, desc="penalty path", leave=False):
+        nll, k = _solve(energy, phi_tr, axes, logw, lam, max_iter)
+        total_iter += k
+        val = mean_energy(energy, U_val) + check_log_partition(energy, Uniform(d))
+        history.append({"lambda": float(lam), "train_nll": nll, "val_nll": val, "iters": k})
+        if val < best_val - 1e-6:
+            best_val, best_lam, best_idx = val, lam, len(history) - 1
+            best_coef = energy.coef.detach().clone()
+            since_best = 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+    with torch.no_grad():
+        energy.coef.copy_(best_coef)
+    if refit:
+        phi_all = energy.mean_features(torch.cat([U_train, U_val]))
+        nll, k = _solve(energy, phi_all, axes, logw, best_lam, max_iter)
+        total_iter += k
+        history.append({"lambda": float(best_lam), "refit_all_nll": nll, "iters": k})
+    with torch.no_grad():  # the constant direction is absorbed by log Z: centre for tidiness
+        if energy.family == "spline":
+            energy.coef.sub_(energy.coef.mean())
+    return FitResult(total_iter, best_val, best_idx, f"selected lambda={best_lam:.3g}", history)
