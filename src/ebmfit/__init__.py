@@ -6,9 +6,10 @@ p(x) = exp(−V(x; θ)) dP(x) / Z_θ, learned by maximum likelihood through the 
 
 from .base import Uniform
 from .domain import Box, DataError
+from .estimator import EnergyDensity
 from .model import EnergyModel
 from .partition.result import LogZ
 
 __version__ = "0.1.0"
 
-__all__ = ["Box", "DataError", "EnergyModel", "LogZ", "Uniform", "__version__"]
+__all__ = ["Box", "DataError", "EnergyDensity", "EnergyModel", "LogZ", "Uniform", "__version__"]

@@ -19,8 +19,9 @@ class BaseMeasure:
     def log_prob(self, u: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def sample(self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float64,
-               device=None) -> torch.Tensor:  # pragma: no cover - interface
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float64, device=None
+    ) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
     def to_dict(self) -> dict:  # pragma: no cover - interface
@@ -38,9 +39,12 @@ class Uniform(BaseMeasure):
         zero = torch.zeros(u.shape[:-1], dtype=u.dtype, device=u.device)
         return torch.where(inside, zero, torch.full_like(zero, -torch.inf))
 
-    def sample(self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float64,
-               device=None) -> torch.Tensor:
-        device = device if device is not None else (generator.device if generator is not None else None)
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float64, device=None
+    ) -> torch.Tensor:
+        device = (
+            device if device is not None else (generator.device if generator is not None else None)
+        )
         return torch.rand(n, self.dim, generator=generator, dtype=dtype, device=device)
 
     def to_dict(self) -> dict:

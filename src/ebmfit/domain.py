@@ -46,7 +46,9 @@ class Box:
         lo = np.atleast_1d(np.asarray(low, dtype=np.float64))
         hi = np.atleast_1d(np.asarray(high, dtype=np.float64))
         if lo.ndim != 1 or lo.shape != hi.shape:
-            raise ValueError(f"low and high must be 1-D of the same length, got {lo.shape}, {hi.shape}")
+            raise ValueError(
+                f"low and high must be 1-D of the same length, got {lo.shape}, {hi.shape}"
+            )
         if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
             raise ValueError("box bounds must be finite")
         bad = np.flatnonzero(~(hi > lo))
@@ -135,7 +137,9 @@ class Box:
         return X
 
 
-def check_matrix(X, *, name: str = "X", n_features: int | None = None, min_rows: int = 1) -> np.ndarray:
+def check_matrix(
+    X, *, name: str = "X", n_features: int | None = None, min_rows: int = 1
+) -> np.ndarray:
     """Validate a 2-D numeric array: shape, enough rows, all values finite. Returns float64."""
     try:
         A = np.asarray(X, dtype=np.float64)
@@ -144,7 +148,9 @@ def check_matrix(X, *, name: str = "X", n_features: int | None = None, min_rows:
     if A.ndim == 1 and n_features == 1:
         A = A[:, None]
     if A.ndim != 2:
-        raise DataError(f"{name}: expected a 2-D array of shape (n_samples, n_features), got {A.ndim}-D")
+        raise DataError(
+            f"{name}: expected a 2-D array of shape (n_samples, n_features), got {A.ndim}-D"
+        )
     if n_features is not None and A.shape[1] != n_features:
         raise DataError(f"{name}: expected {n_features} column(s), got {A.shape[1]}")
     if A.shape[0] < min_rows:

@@ -33,8 +33,13 @@ class EnergyModel:
         log_partition: a known :class:`LogZ` (e.g. loaded from a file); computed on demand otherwise.
     """
 
-    def __init__(self, energy: Energy, domain: Box, base: BaseMeasure | None = None,
-                 log_partition: LogZ | None = None):
+    def __init__(
+        self,
+        energy: Energy,
+        domain: Box,
+        base: BaseMeasure | None = None,
+        log_partition: LogZ | None = None,
+    ):
         if energy.dim != domain.dim:
             raise ValueError(f"energy dimension {energy.dim} != domain dimension {domain.dim}")
         self.energy_fn = energy
@@ -48,7 +53,9 @@ class EnergyModel:
 
     # ------------------------------------------------------------------ evaluation
     def _to_unit_tensor(self, x) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(x, dtype=np.float64) if not isinstance(x, torch.Tensor) else x)
+        t = torch.as_tensor(
+            np.asarray(x, dtype=np.float64) if not isinstance(x, torch.Tensor) else x
+        )
         t = t.to(device=self.energy_fn.param_device(), dtype=torch.float64)
         return self.domain.to_unit(t)
 
@@ -57,8 +64,11 @@ class EnergyModel:
         """V at points x of the box (shape (n, d)) → numpy (n,)."""
         u = self._to_unit_tensor(x)
         dt = self.energy_fn.param_dtype()
-        return torch.cat([self.energy_fn(c.to(dt)).double() for c in u.split(chunk)]).cpu().numpy() \
-            if u.shape[0] else np.zeros(0)
+        return (
+            torch.cat([self.energy_fn(c.to(dt)).double() for c in u.split(chunk)]).cpu().numpy()
+            if u.shape[0]
+            else np.zeros(0)
+        )
 
     def log_partition(self, method: str = "auto", *, cache: bool = True, **kwargs) -> LogZ:
         """Estimate log Z = log E_P[exp(−V)] (on the unit cube).
@@ -74,7 +84,9 @@ class EnergyModel:
         elif method == "qmc":
             lz = log_partition_qmc(self.energy_fn, self.base, **kwargs)
         else:
-            raise ValueError(f"unknown log-partition method {method!r}: use 'auto', 'quadrature' or 'qmc'")
+            raise ValueError(
+                f"unknown log-partition method {method!r}: use 'auto', 'quadrature' or 'qmc'"
+            )
         if cache:
             self.log_partition_ = lz
         return lz
@@ -103,5 +115,7 @@ class EnergyModel:
         return self.domain.from_unit(u).cpu().numpy()
 
     def __repr__(self) -> str:
-        return (f"EnergyModel(energy={type(self.energy_fn).__name__}, domain={self.domain}, "
-                f"base={self.base}, log_partition={self.log_partition_})")
+        return (
+            f"EnergyModel(energy={type(self.energy_fn).__name__}, domain={self.domain}, "
+            f"base={self.base}, log_partition={self.log_partition_})"
+        )

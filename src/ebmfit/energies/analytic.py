@@ -27,8 +27,7 @@ class QuadraticEnergy(Energy):
         super().__init__()
         self.dim = int(dim)
         mean = torch.full((dim,), 0.5) if mean is None else torch.as_tensor(mean, dtype=dtype)
-        precision = (torch.eye(dim) if precision is None
-                     else torch.as_tensor(precision, dtype=dtype))
+        precision = torch.eye(dim) if precision is None else torch.as_tensor(precision, dtype=dtype)
         self.mean = nn.Parameter(mean.to(dtype).reshape(dim).clone())
         self.precision = nn.Parameter(precision.to(dtype).reshape(dim, dim).clone())
 
@@ -46,8 +45,14 @@ class QuadraticEnergy(Energy):
         mu = self.mean.to(torch.float64)
         a, b = lo.to(torch.float64) - mu, hi.to(torch.float64) - mu  # z in [a, b]
         # products z_i z_j as intervals (squares exactly on the diagonal)
-        c = torch.stack([a[:, :, None] * a[:, None, :], a[:, :, None] * b[:, None, :],
-                         b[:, :, None] * a[:, None, :], b[:, :, None] * b[:, None, :]])
+        c = torch.stack(
+            [
+                a[:, :, None] * a[:, None, :],
+                a[:, :, None] * b[:, None, :],
+                b[:, :, None] * a[:, None, :],
+                b[:, :, None] * b[:, None, :],
+            ]
+        )
         plo, phi = c.amin(0), c.amax(0)
         diag_lo = torch.where((a <= 0) & (b >= 0), torch.zeros_like(a), torch.minimum(a * a, b * b))
         diag_hi = torch.maximum(a * a, b * b)
@@ -72,8 +77,13 @@ class CallableEnergy(Energy):
 
     family = "callable"
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], dim: int,
-                 lipschitz: float | None = None, name: str = "callable"):
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        dim: int,
+        lipschitz: float | None = None,
+        name: str = "callable",
+    ):
         super().__init__()
         self.fn = fn
         self.dim = int(dim)
@@ -89,7 +99,9 @@ class CallableEnergy(Energy):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         out = self.fn(u)
         if out.shape != u.shape[:1]:
-            raise ValueError(f"energy function returned shape {tuple(out.shape)}, expected ({u.shape[0]},)")
+            raise ValueError(
+                f"energy function returned shape {tuple(out.shape)}, expected ({u.shape[0]},)"
+            )
         return out
 
     @torch.no_grad()

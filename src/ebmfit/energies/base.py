@@ -36,7 +36,9 @@ class Energy(nn.Module):
     def spec(self) -> dict:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def interval_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def interval_bounds(
+        self, lo: torch.Tensor, hi: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(
             f"{type(self).__name__} has no sound interval bounds; exact sampling and certificates "
             "need them"
@@ -138,7 +140,9 @@ class LinearEnergy(Energy):
             A = (A.reshape(n, K, -1) * B[:, :, None]).sum(dim=1)
         return A.reshape(n)
 
-    def grid_values(self, axes: list[torch.Tensor], coef: torch.Tensor | None = None) -> torch.Tensor:
+    def grid_values(
+        self, axes: list[torch.Tensor], coef: torch.Tensor | None = None
+    ) -> torch.Tensor:
         T = self.effective_coef(coef)
         for i, ax in enumerate(axes):
             B = self.basis1d(ax.to(T.dtype))  # (n_i, K)
@@ -152,8 +156,13 @@ class LinearEnergy(Energy):
         ``Q = None`` means the penalty is already diagonal in θ."""
         return None, self.roughness_diag()
 
-    def grid_moments(self, axes: list[torch.Tensor], weights: torch.Tensor,
-                     power: int = 1, transform: torch.Tensor | None = None) -> torch.Tensor:
+    def grid_moments(
+        self,
+        axes: list[torch.Tensor],
+        weights: torch.Tensor,
+        power: int = 1,
+        transform: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         r""":math:`\sum_g w_g \phi_j(u_g)^{p}` for every multi-index j (shape of ``coef``).
 
         ``weights`` holds one value per node of the tensor grid ``axes`` (flattened in C order);
@@ -246,4 +255,3 @@ def multi_index_grid(dim: int, K: int) -> torch.Tensor:
     ar = torch.arange(K, dtype=torch.float64)
     mesh = torch.meshgrid(*([ar] * dim), indexing="ij")
     return torch.stack(mesh, dim=-1)
-

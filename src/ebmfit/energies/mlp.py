@@ -101,7 +101,9 @@ class MLPEnergy(Energy):
             zc = 2 * math.pi * (c @ B.T)
             zr = 2 * math.pi * (r @ B.abs().T)
             cl, ch = _cos_range(zc - zr, zc + zr)
-            sl, sh = _cos_range(zc - zr - math.pi / 2, zc + zr - math.pi / 2)  # sin z = cos(z - pi/2)
+            sl, sh = _cos_range(
+                zc - zr - math.pi / 2, zc + zr - math.pi / 2
+            )  # sin z = cos(z - pi/2)
             L = torch.cat([lo, cl, sl], dim=-1)
             H = torch.cat([hi, ch, sh], dim=-1)
         for layer in self.net:

@@ -21,9 +21,15 @@ from .result import LogZ
 __all__ = ["log_partition_qmc"]
 
 
-def log_partition_qmc(energy, base: BaseMeasure | None = None, *, n_points: int = 2**14,
-                      n_rep: int = 16, random_state: int | np.random.Generator | None = None,
-                      chunk: int = 65536) -> LogZ:
+def log_partition_qmc(
+    energy,
+    base: BaseMeasure | None = None,
+    *,
+    n_points: int = 2**14,
+    n_rep: int = 16,
+    random_state: int | np.random.Generator | None = None,
+    chunk: int = 65536,
+) -> LogZ:
     """log Z by ``n_rep`` scrambled Sobol sets of ``n_points`` (a power of 2) points each."""
     d = energy.dim
     base = base if base is not None else Uniform(d)

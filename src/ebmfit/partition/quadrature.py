@@ -27,13 +27,19 @@ from ..base import BaseMeasure, Uniform
 from ..energies.base import tensor_grid
 from .result import LogZ
 
-__all__ = ["default_resolution", "gauss_legendre_1d", "grid_log_integrand", "log_partition_quadrature"]
+__all__ = [
+    "default_resolution",
+    "gauss_legendre_1d",
+    "grid_log_integrand",
+    "log_partition_quadrature",
+]
 
 MAX_DIM = 3
 
 
-def gauss_legendre_1d(n_cells: int, n_nodes: int, shift: float = 0.0, dtype=torch.float64,
-                      device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def gauss_legendre_1d(
+    n_cells: int, n_nodes: int, shift: float = 0.0, dtype=torch.float64, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite Gauss–Legendre rule on [0, 1]: nodes and weights, each shape (n_cells·n_nodes,).
 
     With ``shift`` ≠ 0 every node is moved by ``shift`` modulo 1 (weights unchanged).
@@ -45,8 +51,10 @@ def gauss_legendre_1d(n_cells: int, n_nodes: int, shift: float = 0.0, dtype=torc
     weights = np.tile(w / 2 * h, n_cells)
     if shift:
         nodes = np.mod(nodes + shift, 1.0)
-    return (torch.as_tensor(nodes, dtype=dtype, device=device),
-            torch.as_tensor(weights, dtype=dtype, device=device))
+    return (
+        torch.as_tensor(nodes, dtype=dtype, device=device),
+        torch.as_tensor(weights, dtype=dtype, device=device),
+    )
 
 
 def default_resolution(dim: int) -> tuple[int, int]:
@@ -54,8 +62,13 @@ def default_resolution(dim: int) -> tuple[int, int]:
     return {1: (256, 8), 2: (64, 4), 3: (16, 4)}.get(dim, (8, 3))
 
 
-def grid_log_integrand(energy, base: BaseMeasure, axes: list[torch.Tensor],
-                       weights: list[torch.Tensor], chunk: int = 65536) -> torch.Tensor:
+def grid_log_integrand(
+    energy,
+    base: BaseMeasure,
+    axes: list[torch.Tensor],
+    weights: list[torch.Tensor],
+    chunk: int = 65536,
+) -> torch.Tensor:
     r""":math:`\log w_g - V(u_g) + \log p(u_g)` over the tensor grid, flattened (C order), float64."""
     with torch.no_grad():
         dev = energy.param_device()
@@ -72,8 +85,13 @@ def grid_log_integrand(energy, base: BaseMeasure, axes: list[torch.Tensor],
     return out
 
 
-def log_partition_quadrature(energy, base: BaseMeasure | None = None, *, n_cells: int | None = None,
-                             n_nodes: int | None = None) -> LogZ:
+def log_partition_quadrature(
+    energy,
+    base: BaseMeasure | None = None,
+    *,
+    n_cells: int | None = None,
+    n_nodes: int | None = None,
+) -> LogZ:
     """log Z by composite Gauss–Legendre at ``n_cells`` and ``2·n_cells``; returns :class:`LogZ`.
 
     ``stderr`` is the absolute difference between the two levels (an error estimate for the
@@ -81,7 +99,9 @@ def log_partition_quadrature(energy, base: BaseMeasure | None = None, *, n_cells
     """
     d = energy.dim
     if d > MAX_DIM:
-        raise ValueError(f"tensor quadrature is limited to d <= {MAX_DIM} (got d={d}); use method='qmc'")
+        raise ValueError(
+            f"tensor quadrature is limited to d <= {MAX_DIM} (got d={d}); use method='qmc'"
+        )
     base = base if base is not None else Uniform(d)
     c0, q0 = default_resolution(d)
     n_cells = int(n_cells or c0)

@@ -39,10 +39,17 @@ class LogZ(NamedTuple):
         return f"{self.value:.6g} ± {self.stderr:.2g} ({self.method}, {self.n_evals} evals)"
 
     def to_dict(self) -> dict:
-        return {k: (v if not (isinstance(v, float) and math.isnan(v)) else None)
-                for k, v in self._asdict().items()}
+        return {
+            k: (v if not (isinstance(v, float) and math.isnan(v)) else None)
+            for k, v in self._asdict().items()
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> LogZ:
-        return cls(float(d["value"]), float(d["stderr"]), str(d["method"]), int(d["n_evals"]),
-                   str(d.get("bias", "none")))
+        return cls(
+            float(d["value"]),
+            float(d["stderr"]),
+            str(d["method"]),
+            int(d["n_evals"]),
+            str(d.get("bias", "none")),
+        )

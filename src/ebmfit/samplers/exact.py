@@ -51,8 +51,14 @@ def default_cells(dim: int) -> int:
 
 
 @torch.no_grad()
-def build_envelope(energy, *, cells: int | None = None, gap_tol: float = 0.5,
-                   max_boxes: int = 200_000, max_rounds: int = 8) -> Envelope:
+def build_envelope(
+    energy,
+    *,
+    cells: int | None = None,
+    gap_tol: float = 0.5,
+    max_boxes: int = 200_000,
+    max_rounds: int = 8,
+) -> Envelope:
     """Adaptive box partition with sound energy lower bounds (see module docstring)."""
     d = energy.dim
     dev = energy.param_device()
@@ -70,7 +76,9 @@ def build_envelope(energy, *, cells: int | None = None, gap_tol: float = 0.5,
             break
         slo, shi = lo[split], hi[split]
         mid = (slo + shi) / 2
-        corners = torch.cartesian_prod(*[torch.tensor([0, 1], device=dev)] * d).reshape(-1, d).bool()
+        corners = (
+            torch.cartesian_prod(*[torch.tensor([0, 1], device=dev)] * d).reshape(-1, d).bool()
+        )
         clo = torch.where(corners[None], mid[:, None], slo[:, None]).reshape(-1, d)
         chi = torch.where(corners[None], shi[:, None], mid[:, None]).reshape(-1, d)
         cvlo, cvhi = (t.to(torch.float64) for t in energy.interval_bounds(clo, chi))
@@ -80,15 +88,23 @@ def build_envelope(energy, *, cells: int | None = None, gap_tol: float = 0.5,
         vlo = torch.cat([vlo[keep], cvlo])
         vhi = torch.cat([vhi[keep], cvhi])
     if not torch.isfinite(vlo).all():
-        raise FloatingPointError("energy lower bound is not finite on some box; cannot sample exactly")
+        raise FloatingPointError(
+            "energy lower bound is not finite on some box; cannot sample exactly"
+        )
     log_mass = torch.log(torch.prod(hi - lo, -1)) - vlo
     return Envelope(lo, hi, vlo, log_mass)
 
 
 @torch.no_grad()
-def sample_exact(energy, n: int, *, generator: torch.Generator | None = None,
-                 envelope: Envelope | None = None, batch: int = 65536,
-                 max_proposals: int = 200_000_000) -> tuple[torch.Tensor, ExactSampleInfo]:
+def sample_exact(
+    energy,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    envelope: Envelope | None = None,
+    batch: int = 65536,
+    max_proposals: int = 200_000_000,
+) -> tuple[torch.Tensor, ExactSampleInfo]:
     """Draw ``n`` exact samples (shape (n, d), float64, unit cube) from :math:`q \\propto e^{-V}`."""
     env = envelope if envelope is not None else build_envelope(energy)
     dev = env.lo.device
@@ -109,7 +125,9 @@ def sample_exact(energy, n: int, *, generator: torch.Generator | None = None,
         log_acc = env.vlo[idx] - V
         if (log_acc > 1e-9 * (1 + V.abs())).any():
             bad = int((log_acc > 0).sum())
-            raise AssertionError(f"exact sampler: energy bound violated at {bad} point(s) — unsound bound")
+            raise AssertionError(
+                f"exact sampler: energy bound violated at {bad} point(s) — unsound bound"
+            )
         accept = torch.rand(m, generator=generator, dtype=torch.float64, device=dev).log() < log_acc
         out.append(u[accept])
         n_prop += m

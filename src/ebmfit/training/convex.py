@@ -66,13 +66,21 @@ def _solve(energy, phi_bar, axes, logw, lam, max_iter):
     mask = energy.mask if Q is None else torch.ones_like(energy.mask)
     scale = h.clamp_min(1e-12).rsqrt() * mask
     eta = torch.zeros_like(theta0, requires_grad=True)
-    opt = torch.optim.LBFGS([eta], lr=1, max_iter=max_iter, history_size=30,
-                            tolerance_grad=1e-8, tolerance_change=1e-11,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [eta],
+        lr=1,
+        max_iter=max_iter,
+        history_size=30,
+        tolerance_grad=1e-8,
+        tolerance_change=1e-11,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
-        obj, _ = _objective(energy, theta0 + _mode_product(scale * eta, Q), phi_bar, axes, logw, lam)
+        obj, _ = _objective(
+            energy, theta0 + _mode_product(scale * eta, Q), phi_bar, axes, logw, lam
+        )
         obj.backward()
         return obj
 
@@ -82,14 +90,24 @@ def _solve(energy, phi_bar, axes, logw, lam, max_iter):
         theta = theta0 + _mode_product(scale * eta, Q)
         obj, nll = _objective(energy, theta, phi_bar, axes, logw, lam)
         if not torch.isfinite(obj):
-            raise FloatingPointError(f"convex fit produced a non-finite objective at lambda={lam:g}")
+            raise FloatingPointError(
+                f"convex fit produced a non-finite objective at lambda={lam:g}"
+            )
         energy.coef.copy_(theta)
     return float(nll), n_iter
 
 
-def fit_convex(energy, U_train: torch.Tensor, U_val: torch.Tensor, *,
-               lambdas: list[float] | None = None, max_iter: int = 300, patience: int = 3,
-               refit: bool = True, progress: bool = False) -> FitResult:
+def fit_convex(
+    energy,
+    U_train: torch.Tensor,
+    U_val: torch.Tensor,
+    *,
+    lambdas: list[float] | None = None,
+    max_iter: int = 300,
+    patience: int = 3,
+    refit: bool = True,
+    progress: bool = False,
+) -> FitResult:
     """Fit a :class:`~ebmfit.energies.LinearEnergy` (uniform base) along a penalty path.
 
     ``U_train``/``U_val``: unit-cube data, shapes (n, d), (n_val, d).  ``energy`` ends at the

@@ -26,7 +26,12 @@ from tqdm.auto import tqdm
 
 from ..base import BaseMeasure, Uniform
 from ..partition.qmc import log_partition_qmc
-from ..partition.quadrature import MAX_DIM, default_resolution, gauss_legendre_1d, grid_log_integrand
+from ..partition.quadrature import (
+    MAX_DIM,
+    default_resolution,
+    gauss_legendre_1d,
+    grid_log_integrand,
+)
 
 __all__ = ["FitError", "FitResult", "fit_sgd", "validation_nll"]
 
@@ -66,11 +71,22 @@ def validation_nll(energy, U: torch.Tensor, base: BaseMeasure) -> float:
     return mean_energy(energy, U) + check_log_partition(energy, base) - lb
 
 
-def fit_sgd(energy, U_train: torch.Tensor, U_val: torch.Tensor, negatives, *,
-            base: BaseMeasure | None = None, max_iter: int = 2000, lr: float = 2e-3,
-            batch_size: int | None = None, val_every: int = 50, patience: int = 10,
-            max_retries: int = 3, generator: torch.Generator | None = None,
-            progress: bool = False) -> FitResult:
+def fit_sgd(
+    energy,
+    U_train: torch.Tensor,
+    U_val: torch.Tensor,
+    negatives,
+    *,
+    base: BaseMeasure | None = None,
+    max_iter: int = 2000,
+    lr: float = 2e-3,
+    batch_size: int | None = None,
+    val_every: int = 50,
+    patience: int = 10,
+    max_retries: int = 3,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> FitResult:
     """Adam on the gradient-identity surrogate with a linearly decaying learning rate.
 
     ``U_train``, ``U_val``: data on the unit cube, shapes (n, d) and (n_val, d).
@@ -83,16 +99,18 @@ def fit_sgd(energy, U_train: torch.Tensor, U_val: torch.Tensor, negatives, *,
     bs = n if batch_size is None or batch_size >= n else int(batch_size)
     opt = torch.optim.Adam(energy.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.02, 1 - t / max_iter))
-    best = {"val": validation_nll(energy, U_val, base), "it": 0,
-            "state": copy.deepcopy(energy.state_dict())}
+    best = {
+        "val": validation_nll(energy, U_val, base),
+        "it": 0,
+        "state": copy.deepcopy(energy.state_dict()),
+    }
     good_state = (copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()))
     history: list[dict] = [{"iter": 0, "val_nll": best["val"]}]
     retries, since_best, reason = 0, 0, "max_iter"
     bar = tqdm(total=max_iter, disable=not progress, desc="fit", leave=False)
     it = 0
     while it < max_iter:
-        idx = (torch.randint(0, n, (bs,), generator=generator, device=dev)
-               if bs < n else slice(None))
+        idx = torch.randint(0, n, (bs,), generator=generator, device=dev) if bs < n else slice(None)
         neg = negatives(energy, generator)
         V_data = energy(U_train[idx])
         V_neg = energy(neg.points.to(dt)).to(torch.float64)
@@ -125,8 +143,14 @@ def fit_sgd(energy, U_train: torch.Tensor, U_val: torch.Tensor, negatives, *,
         bar.update(1)
         if it % val_every == 0 or it == max_iter:
             val = validation_nll(energy, U_val, base)
-            history.append({"iter": it, "train_nll_est": nll_est, "val_nll": val,
-                            "lr": opt.param_groups[0]["lr"]})
+            history.append(
+                {
+                    "iter": it,
+                    "train_nll_est": nll_est,
+                    "val_nll": val,
+                    "lr": opt.param_groups[0]["lr"],
+                }
+            )
             bar.set_postfix(val_nll=f"{val:.4f}")
             if not math.isfinite(val):
                 retries += 1

@@ -43,8 +43,13 @@ class ShiftedGridNegatives:
     hiding mass between fixed nodes.
     """
 
-    def __init__(self, dim: int, points_per_axis: int | None = None, n_nodes: int = 1,
-                 base: BaseMeasure | None = None):
+    def __init__(
+        self,
+        dim: int,
+        points_per_axis: int | None = None,
+        n_nodes: int = 1,
+        base: BaseMeasure | None = None,
+    ):
         self.dim = dim
         self.points_per_axis = points_per_axis or default_grid_points(dim)
         self.n_nodes = n_nodes
@@ -57,8 +62,12 @@ class ShiftedGridNegatives:
         shifts = torch.rand(self.dim, generator=generator, dtype=torch.float64, device=dev)
         axes, logw = [], torch.zeros((), dtype=torch.float64, device=dev)
         for i in range(self.dim):
-            ax, w = gauss_legendre_1d(self.points_per_axis // self.n_nodes, self.n_nodes,
-                                      shift=float(shifts[i]), device=dev)
+            ax, w = gauss_legendre_1d(
+                self.points_per_axis // self.n_nodes,
+                self.n_nodes,
+                shift=float(shifts[i]),
+                device=dev,
+            )
             axes.append(ax)
             logw = (logw[..., None] + torch.log(w)).reshape(-1)
         pts = tensor_grid(axes)
@@ -82,5 +91,7 @@ class ImportanceNegatives:
     def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
         pts = self.base.sample(self.n_samples, generator=generator, device=dev)
-        logw = torch.full((self.n_samples,), -math.log(self.n_samples), dtype=torch.float64, device=dev)
+        logw = torch.full(
+            (self.n_samples,), -math.log(self.n_samples), dtype=torch.float64, device=dev
+        )
         return Negatives(pts, logw, True)
