@@ -29,7 +29,7 @@ class CosineEnergy(LinearEnergy):
         mask = torch.ones([n_freq] * dim)
         mask[(0,) * dim] = 0.0
         super().__init__(dim, n_freq, mask, dtype=dtype)
-        self.register_buffer("_k", torch.arange(n_freq, dtype=dtype))
+        self.register_buffer("_k", torch.arange(n_freq, dtype=dtype), persistent=False)
 
     def spec(self) -> dict:
         return {"family": self.family, "dim": self.dim, "n_freq": self.n_basis}

@@ -39,9 +39,11 @@ class LegendreEnergy(LinearEnergy):
             r = np.real(npleg.legroots(npleg.legder(c)))
             crit[k, : r.size] = (r + 1) / 2
             cval[k, : r.size] = npleg.legval(r, c) * np.sqrt(2 * k + 1)
-        self.register_buffer("_crit", torch.as_tensor(crit, dtype=dtype))
-        self.register_buffer("_cval", torch.as_tensor(cval, dtype=dtype))
-        self.register_buffer("_scale", torch.sqrt(2 * torch.arange(K, dtype=dtype) + 1))
+        self.register_buffer("_crit", torch.as_tensor(crit, dtype=dtype), persistent=False)
+        self.register_buffer("_cval", torch.as_tensor(cval, dtype=dtype), persistent=False)
+        self.register_buffer(
+            "_scale", torch.sqrt(2 * torch.arange(K, dtype=dtype) + 1), persistent=False
+        )
 
     def spec(self) -> dict:
         return {"family": self.family, "dim": self.dim, "degree": self.degree}

@@ -5,7 +5,8 @@ r"""Tensor-product cubic B-spline energy (a log-spline density, P-spline penalty
 with :math:`B_j(t) = N((t - t_j)/h)`, the cardinal cubic B-spline N on uniform knots
 :math:`t_j = (j-3)h`, :math:`h = 1/(K-3)`.  On [0,1] the basis is a partition of unity, so by
 the convex-hull property :math:`\min_{j\in A}\theta_j \le V(u) \le \max_{j\in A}\theta_j`
-where A indexes the basis functions whose support meets the box — tight, sound bounds.
+where A indexes the basis functions whose support meets the box — sound, and intersected with the interval product
+of exact 1-D basis ranges, which shrinks linearly with the box.
 
 Roughness penalty (Eilers & Marx): squared differences of order ``penalty_order`` of θ along
 each axis (order 3 has local quadratics — Gaussian bumps — in its null space, as in
@@ -46,7 +47,9 @@ class SplineEnergy(LinearEnergy):
         self.penalty_order = int(penalty_order)
         h = 1.0 / (n_basis - 3)
         self.h = h
-        self.register_buffer("_knots", (torch.arange(n_basis, dtype=dtype) - 3) * h)
+        self.register_buffer(
+            "_knots", (torch.arange(n_basis, dtype=dtype) - 3) * h, persistent=False
+        )
 
     def spec(self) -> dict:
         return {
@@ -59,14 +62,27 @@ class SplineEnergy(LinearEnergy):
     def basis1d(self, t: torch.Tensor) -> torch.Tensor:
         return cardinal_cubic((t[:, None] - self._knots) / self.h)
 
-    def basis1d_range(self, a: torch.Tensor, b: torch.Tensor):  # pragma: no cover - unused
-        raise NotImplementedError("spline bounds use the convex-hull property")
+    def basis1d_range(self, a: torch.Tensor, b: torch.Tensor):
+        """Exact range of each B_j over [a, b]: N rises on [0, 2] and falls on [2, 4]."""
+        sa = (a[:, None] - self._knots) / self.h
+        sb = (b[:, None] - self._knots) / self.h
+        hi = cardinal_cubic(torch.clamp(torch.full_like(sa, 2.0), sa, sb))
+        lo = torch.minimum(cardinal_cubic(sa), cardinal_cubic(sb))
+        tol = 4 * torch.finfo(sa.dtype).eps
+        return (lo - tol).clamp_min(0), hi + tol
 
     def _active(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(m, K) boolean: support (t_j, t_j + 4h) of basis j meets [a, b] (closed, to be safe)."""
         return (self._knots[None] <= b[:, None]) & (self._knots[None] + 4 * self.h >= a[:, None])
 
     def interval_bounds(self, lo: torch.Tensor, hi: torch.Tensor, chunk: int = 1024):
+        """The intersection of the convex-hull bound (tight on large boxes) and the interval
+        product of exact 1-D basis ranges (which shrinks linearly with the box)."""
+        hull_lo, hull_hi = self._hull_bounds(lo, hi, chunk)
+        prod_lo, prod_hi = super().interval_bounds(lo, hi, chunk)
+        return torch.maximum(hull_lo, prod_lo), torch.minimum(hull_hi, prod_hi)
+
+    def _hull_bounds(self, lo: torch.Tensor, hi: torch.Tensor, chunk: int):
         T = self.effective_coef().detach()
         lo, hi = lo.to(T.dtype), hi.to(T.dtype)
         vlo, vhi = [], []

@@ -1,0 +1,87 @@
+"""log Z estimators against closed forms."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import ndtr
+
+from ebmfit import Box, EnergyModel, LogZ
+from ebmfit.energies import QuadraticEnergy
+from ebmfit.partition import gauss_legendre_1d, log_partition_qmc, log_partition_quadrature
+
+
+def truncated_gaussian(mean, std):
+    """Diagonal Gaussian energy on the cube and its exact log Z = sum log(sqrt(2π)σ ΔΦ)."""
+    mean, std = np.asarray(mean, float), np.asarray(std, float)
+    e = QuadraticEnergy(len(mean), mean=mean, precision=np.diag(1 / std**2))
+    logz = sum(
+        math.log(math.sqrt(2 * math.pi) * s * (ndtr((1 - m) / s) - ndtr(-m / s)))
+        for m, s in zip(mean, std, strict=True)
+    )
+    return e, logz
+
+
+CASES = [([0.3], [0.1]), ([0.3, 0.6], [0.1, 0.2]), ([0.05, 0.9], [0.15, 0.05]),
+         ([0.5, 0.2, 0.8], [0.2, 0.1, 0.3])]
+
+
+def test_gauss_legendre_1d_integrates_polynomials_exactly():
+    x, w = gauss_legendre_1d(7, 3)
+    assert abs(float(w.sum()) - 1) < 1e-14
+    for k in range(6):  # 3 nodes per cell: exact to degree 5
+        assert abs(float((w * x**k).sum()) - 1 / (k + 1)) < 1e-14
+
+
+def test_shifted_rule_is_a_permutation_modulo_one():
+    x0, w0 = gauss_legendre_1d(4, 2)
+    x1, w1 = gauss_legendre_1d(4, 2, shift=0.3)
+    assert torch.all((x1 >= 0) & (x1 < 1))
+    assert torch.allclose(w0, w1)
+
+
+@pytest.mark.parametrize(("mean", "std"), CASES)
+def test_quadrature_matches_closed_form(mean, std):
+    e, truth = truncated_gaussian(mean, std)
+    lz = log_partition_quadrature(e)
+    assert isinstance(lz, LogZ) and lz.method == "gauss-legendre" and lz.n_evals > 0
+    assert abs(lz.value - truth) < 1e-6
+    assert lz.stderr < 1e-6
+
+
+@pytest.mark.parametrize(("mean", "std"), CASES)
+def test_qmc_within_4_standard_errors(mean, std):
+    e, truth = truncated_gaussian(mean, std)
+    lz = log_partition_qmc(e, n_points=2**12, n_rep=16, random_state=0)
+    assert lz.method == "sobol-qmc" and lz.bias == "lower" and lz.stderr > 0
+    assert abs(lz.value - truth) < 4 * lz.stderr
+
+
+def test_qmc_works_beyond_quadrature_dimension():
+    mean, std = [0.5, 0.4, 0.6, 0.3, 0.7], [0.3, 0.25, 0.3, 0.4, 0.35]
+    e, truth = truncated_gaussian(mean, std)
+    with pytest.raises(ValueError, match="d <= 3"):
+        log_partition_quadrature(e)
+    lz = EnergyModel(e, Box.unit(5)).log_partition()
+    assert lz.method == "sobol-qmc"
+    assert abs(lz.value - truth) < 4 * lz.stderr
+
+
+def test_log_prob_integrates_to_one_on_a_scaled_box():
+    e, _ = truncated_gaussian([0.3, 0.6], [0.1, 0.2])
+    model = EnergyModel(e, Box([-2.0, 10.0], [3.0, 11.0]))
+    x, w = gauss_legendre_1d(64, 4)
+    g0 = -2 + 5 * x.numpy()
+    g1 = 10 + 1 * x.numpy()
+    G0, G1 = np.meshgrid(g0, g1, indexing="ij")
+    W = np.outer(w.numpy() * 5, w.numpy() * 1)
+    p = np.exp(model.log_prob(np.c_[G0.ravel(), G1.ravel()])).reshape(G0.shape)
+    assert abs((p * W).sum() - 1) < 1e-8
+
+
+def test_logz_serialises():
+    lz = LogZ(1.5, 0.01, "x", 10, "lower")
+    assert LogZ.from_dict(lz.to_dict()) == lz
+    assert lz.interval(2) == (1.48, 1.52)
+    assert float(lz) == 1.5
