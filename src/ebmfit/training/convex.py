@@ -130,11 +130,13 @@ def fit_convex(
     history: list[dict] = []
     best_val, best_lam, best_coef, best_idx = math.inf, lambdas[0], None, 0
     since_best, total_iter = 0, 0
-    for lam in tqdm(lambdas, disable=not progress, desc="penalty path", leave=False):
+    bar = tqdm(lambdas, disable=not progress, desc="penalty path", leave=False)
+    for lam in bar:
         nll, k = _solve(energy, phi_tr, axes, logw, lam, max_iter)
         total_iter += k
         val = mean_energy(energy, U_val) + check_log_partition(energy, Uniform(d))
         history.append({"lambda": float(lam), "train_nll": nll, "val_nll": val, "iters": k})
+        bar.set_postfix(lam=f"{lam:.1e}", val_nll=f"{val:.4f}")
         if val < best_val - 1e-6:
             best_val, best_lam, best_idx = val, lam, len(history) - 1
             best_coef = energy.coef.detach().clone()

@@ -10,15 +10,32 @@ the gradient identity with the negative phase supplied by a strategy from
 :math:`\frac1{|B|}\sum V + \log\sum_k w_k e^{-V(u_k)}`.
 
 Validation uses an independent, finer rule (:func:`ebmfit.partition.quadrature` for d ≤ 3,
-scrambled Sobol otherwise) and keeps the best state.  A non-finite loss or energy is never
+otherwise scrambled Sobol for the uniform base and importance sampling from a fixed draw of the
+base for a fitted base) and keeps the best state.  A non-finite loss or energy is never
 patched: the last good state is restored and the learning rate halved; after ``max_retries``
 such events the fit stops with :class:`FitError`.
+
+**Stability diagnostics** (:class:`StabilityMonitor`).  Every step records what the negative
+phase saw: the strategy's ``last_info`` (acceptance rate and step size of MCMC chains), the
+*energy gap* :math:`\frac1{|B|}\sum_B V - \mathbb{E}_\pi[V]` between the data batch and the
+negatives (zero at a stationary point of the likelihood for any family closed under
+:math:`V \mapsto cV`, e.g. every MLP with a linear output layer), and for self-normalised
+negatives the effective sample size :math:`1/\sum_k \pi_k^2`.  Their means over each
+validation interval go into the history.  When chains stop mixing (acceptance near 0 or the
+adapted step size collapsing for ``window`` consecutive steps), when the energy gap runs away
+(large and still growing) or when the importance-sampling ESS collapses, the loop records a
+``"warning"`` row in the history and emits a :class:`FitWarning`; a gap beyond ``max_gap`` is
+treated like a non-finite loss (restore, halve the learning rate, reset the chains, and
+:class:`FitError` after ``max_retries``).  Nothing is clipped or patched to keep going.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import warnings
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -32,12 +49,24 @@ from ..partition.quadrature import (
     gauss_legendre_1d,
     grid_log_integrand,
 )
+from .negatives import NegativePhaseError
 
-__all__ = ["FitError", "FitResult", "fit_sgd", "validation_nll"]
+__all__ = [
+    "FitError",
+    "FitResult",
+    "FitWarning",
+    "StabilityMonitor",
+    "fit_sgd",
+    "validation_nll",
+]
 
 
 class FitError(RuntimeError):
     """Training diverged and could not be recovered."""
+
+
+class FitWarning(RuntimeWarning):
+    """Training runs but its negative phase looks unreliable (see :class:`StabilityMonitor`)."""
 
 
 @dataclass
@@ -47,6 +76,21 @@ class FitResult:
     best_iter: int
     stop_reason: str
     history: list[dict] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)
+
+
+_CHECK_POINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CHECK_N = 2**16
+
+
+def _base_check_points(base: BaseMeasure, device) -> torch.Tensor:
+    """A fixed draw of ``_CHECK_N`` points from the base (seeded; cached per base object)."""
+    pts = _CHECK_POINTS.get(base)
+    if pts is None:
+        g = torch.Generator().manual_seed(12345)
+        pts = base.sample(_CHECK_N, generator=g)
+        _CHECK_POINTS[base] = pts
+    return pts.to(device)
 
 
 def check_log_partition(energy, base: BaseMeasure) -> float:
@@ -56,7 +100,124 @@ def check_log_partition(energy, base: BaseMeasure) -> float:
         cells, nodes = default_resolution(d)
         ax, w = gauss_legendre_1d(cells, nodes)
         return float(torch.logsumexp(grid_log_integrand(energy, base, [ax] * d, [w] * d), 0))
-    return log_partition_qmc(energy, base, n_points=2**13, n_rep=8, random_state=12345).value
+    if isinstance(base, Uniform):
+        return log_partition_qmc(energy, base, n_points=2**13, n_rep=8, random_state=12345).value
+    # a fitted base: importance sampling from a fixed seeded draw of the base
+    pts = _base_check_points(base, energy.param_device())
+    dt = energy.param_dtype()
+    with torch.no_grad():
+        v = torch.cat([energy(c.to(dt)).to(torch.float64) for c in pts.split(65536)])
+    return float(torch.logsumexp(-v, 0)) - math.log(v.numel())
+
+
+@dataclass
+class StabilityMonitor:
+    """Thresholds of the training diagnostics (see the module docstring).
+
+    Attributes:
+        window: consecutive steps a condition must hold before it is reported.
+        min_acceptance: mean MCMC acceptance below which chains count as not mixing.
+        min_step_size: adapted step size below which chains count as frozen.
+        gap_tol: |energy gap| (nats) above which a still-growing gap counts as running away.
+        max_gap: |energy gap| treated as a divergence (restore / halve lr / FitError).
+        min_ess: effective sample size of self-normalised negatives below which they count
+            as collapsed.
+        action: ``"warn"`` (record + :class:`FitWarning`), ``"raise"`` (:class:`FitError` at
+            the first report) or ``"record"`` (history only).
+    """
+
+    window: int = 50
+    min_acceptance: float = 0.05
+    min_step_size: float = 1e-4
+    gap_tol: float = 20.0
+    max_gap: float = 1e3
+    min_ess: float = 20.0
+    action: str = "warn"
+
+    def __post_init__(self):
+        if self.action not in ("warn", "raise", "record"):
+            raise ValueError(f"action must be 'warn', 'raise' or 'record', got {self.action!r}")
+
+
+class _Tracker:
+    """Per-step diagnostics: interval means for the history, and the monitor's conditions."""
+
+    def __init__(self, monitor: StabilityMonitor):
+        self.m = monitor
+        self.interval: list[dict] = []
+        self.run = {"mixing": 0, "gap": 0, "ess": 0}
+        self.active = dict.fromkeys(self.run, False)
+        self.warned: set[str] = set()
+        self.gaps: deque = deque(maxlen=2 * monitor.window)
+        self.events: list[dict] = []
+
+    def reset_chains(self) -> None:
+        self.run = dict.fromkeys(self.run, 0)
+        self.gaps.clear()
+
+    def summary(self) -> dict:
+        """Means over the steps since the last call (sums for divergence counts)."""
+        rows, self.interval = self.interval, []
+        out: dict = {}
+        keys = {k for r in rows for k, v in r.items() if isinstance(v, (int, float))}
+        for k in sorted(keys):
+            vals = [float(r[k]) for r in rows if k in r and math.isfinite(r[k])]
+            if vals:
+                out[k] = sum(vals) if k == "divergences" else sum(vals) / len(vals)
+        return out
+
+    def step(self, it: int, info: dict) -> list[tuple[str, str]]:
+        """Absorb one step's diagnostics; returns newly triggered ``(kind, message)`` pairs."""
+        self.interval.append(info)
+        m, w = self.m, self.m.window
+        acc, eps = info.get("acceptance_rate"), info.get("step_size")
+        adapted = info.get("kernel") in ("mala", "hmc")
+        cond = {
+            "mixing": adapted
+            and (
+                (acc is not None and not acc >= m.min_acceptance)
+                or (eps is not None and eps < m.min_step_size)
+            )
+        }
+        self.gaps.append(info["energy_gap"])
+        growing = False
+        if len(self.gaps) == self.gaps.maxlen:
+            g = list(self.gaps)
+            old, new = sum(g[:w]) / w, sum(g[w:]) / w
+            growing = abs(new) > m.gap_tol and abs(new) > abs(old)
+        cond["gap"] = growing
+        ess = info.get("ess")
+        cond["ess"] = ess is not None and ess < m.min_ess
+        fired = []
+        for k, c in cond.items():
+            self.run[k] = self.run[k] + 1 if c else 0
+            hit = self.run[k] >= (1 if k == "gap" else w)
+            if hit and not self.active[k]:
+                fired.append((k, self._message(k, info, w)))
+                self.events.append({"iter": it, "warning": k, "message": fired[-1][1]})
+            self.active[k] = hit
+        return fired
+
+    @staticmethod
+    def _message(kind: str, info: dict, w: int) -> str:
+        if kind == "mixing":
+            return (
+                f"MCMC negatives are not mixing: acceptance {info.get('acceptance_rate', 0):.3g}"
+                f" at step size {info.get('step_size', 0):.3g} for {w} consecutive steps; "
+                "the negative phase no longer estimates E_model[grad V] (lower lr, more "
+                "chain steps, or negative_phase='importance'/'exact')"
+            )
+        if kind == "gap":
+            return (
+                f"the energy gap mean V(data) - mean V(negatives) = {info['energy_gap']:.4g} "
+                f"is large and still growing over {2 * w} steps: the negatives are drifting "
+                "away from the model (chains not keeping up, or lr too large)"
+            )
+        return (
+            f"self-normalised importance sampling collapsed: ESS {info.get('ess', 0):.3g} of "
+            f"{info.get('n_points', '?')} points for {w} consecutive steps; its negative "
+            "phase is dominated by a few points (use persistent chains or a fitted base)"
+        )
 
 
 @torch.no_grad()
@@ -86,13 +247,20 @@ def fit_sgd(
     max_retries: int = 3,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    monitor: StabilityMonitor | None = None,
 ) -> FitResult:
     """Adam on the gradient-identity surrogate with a linearly decaying learning rate.
 
     ``U_train``, ``U_val``: data on the unit cube, shapes (n, d) and (n_val, d).
-    Returns a :class:`FitResult`; ``energy`` is left at its best-validation state.
+    ``negatives``: a strategy ``(energy, generator) -> Negatives`` from
+    :mod:`ebmfit.training.negatives`.  ``monitor``: thresholds of the stability diagnostics
+    (default :class:`StabilityMonitor`); what it reported is in ``FitResult.warnings``.
+    Returns a :class:`FitResult`; ``energy`` is left at its best-validation state (also when
+    :class:`FitError` is raised).
     """
     base = base if base is not None else Uniform(energy.dim)
+    monitor = monitor if monitor is not None else StabilityMonitor()
+    tracker = _Tracker(monitor)
     dev, dt = energy.param_device(), energy.param_dtype()
     U_train = U_train.to(device=dev, dtype=dt)
     n = U_train.shape[0]
@@ -111,20 +279,34 @@ def fit_sgd(
     it = 0
     while it < max_iter:
         idx = torch.randint(0, n, (bs,), generator=generator, device=dev) if bs < n else slice(None)
-        neg = negatives(energy, generator)
-        V_data = energy(U_train[idx])
-        V_neg = energy(neg.points.to(dt)).to(torch.float64)
-        logits = neg.log_weights - V_neg if neg.self_normalize else neg.log_weights
-        log_z_hat = torch.logsumexp(neg.log_weights - V_neg, 0)
-        pi = torch.softmax(logits.detach(), 0)
-        surrogate = V_data.mean() - (pi * V_neg).sum()
-        nll_est = float(V_data.mean().detach()) + float(log_z_hat.detach())
-        if not (math.isfinite(nll_est) and torch.isfinite(surrogate)):
+        try:
+            neg = negatives(energy, generator)
+        except NegativePhaseError as e:
+            neg, finite, why = None, False, str(e)
+        if neg is not None:
+            V_data = energy(U_train[idx])
+            V_neg = energy(neg.points.to(dt)).to(torch.float64)
+            logits = neg.log_weights - V_neg if neg.self_normalize else neg.log_weights
+            pi = torch.softmax(logits.detach(), 0)
+            surrogate = V_data.mean() - (pi * V_neg).sum()
+            mean_v_data = float(V_data.mean().detach())
+            gap = mean_v_data - float((pi * V_neg.detach()).sum())
+            if neg.self_normalize:  # the weighted points estimate Z itself
+                nll_est = mean_v_data + float(torch.logsumexp(neg.log_weights - V_neg.detach(), 0))
+            else:  # model samples (MCMC) carry no estimate of Z
+                nll_est = math.nan
+            finite = math.isfinite(gap) and bool(torch.isfinite(surrogate))
+            finite = finite and (math.isfinite(nll_est) or not neg.self_normalize)
+            why = "non-finite loss/energies"
+            if finite and abs(gap) > monitor.max_gap:
+                finite, why = False, f"energy gap {gap:.4g} beyond max_gap={monitor.max_gap:g}"
+        if not finite:
             retries += 1
             if retries > max_retries:
                 bar.close()
+                energy.load_state_dict(best["state"])  # leave the energy at its best good state
                 raise FitError(
-                    f"training diverged at iteration {it} (non-finite loss/energies) and did not "
+                    f"training diverged at iteration {it} ({why}) and did not "
                     f"recover after {max_retries} restarts with smaller learning rates; "
                     f"best validation NLL {best['val']:.4f} at iteration {best['it']}"
                 )
@@ -133,8 +315,28 @@ def fit_sgd(
             for g in opt.param_groups:
                 g["initial_lr"] = g.get("initial_lr", lr) / 2
             sched.base_lrs = [b / 2 for b in sched.base_lrs]
-            history.append({"iter": it, "event": "divergence: restored last good state, lr halved"})
+            if hasattr(negatives, "reset"):
+                negatives.reset()
+            tracker.reset_chains()
+            msg = f"divergence ({why}): restored last good state, lr halved"
+            history.append({"iter": it, "event": msg})
+            warnings.warn(f"iteration {it}: {msg}", FitWarning, stacklevel=2)
             continue
+        info = dict(getattr(negatives, "last_info", None) or {})
+        info["energy_gap"] = gap
+        if neg.self_normalize:
+            ess = float(1.0 / (pi * pi).sum())
+            info.update(ess=ess, ess_fraction=ess / pi.numel())
+            info.setdefault("n_points", pi.numel())
+        for kind, msg in tracker.step(it, info):
+            history.append({"iter": it, "warning": kind, "message": msg})
+            if monitor.action == "raise":
+                bar.close()
+                energy.load_state_dict(best["state"])
+                raise FitError(f"iteration {it}: {msg}")
+            if monitor.action == "warn" and kind not in tracker.warned:
+                tracker.warned.add(kind)
+                warnings.warn(f"iteration {it}: {msg}", FitWarning, stacklevel=2)
         opt.zero_grad(set_to_none=True)
         surrogate.backward()
         opt.step()
@@ -143,19 +345,18 @@ def fit_sgd(
         bar.update(1)
         if it % val_every == 0 or it == max_iter:
             val = validation_nll(energy, U_val, base)
-            history.append(
-                {
-                    "iter": it,
-                    "train_nll_est": nll_est,
-                    "val_nll": val,
-                    "lr": opt.param_groups[0]["lr"],
-                }
-            )
+            row = {"iter": it}
+            if math.isfinite(nll_est):
+                row["train_nll_est"] = nll_est
+            row.update(val_nll=val, lr=opt.param_groups[0]["lr"])
+            row.update(tracker.summary())
+            history.append(row)
             bar.set_postfix(val_nll=f"{val:.4f}")
             if not math.isfinite(val):
                 retries += 1
                 if retries > max_retries:
                     bar.close()
+                    energy.load_state_dict(best["state"])
                     raise FitError(f"validation NLL became non-finite at iteration {it}")
                 energy.load_state_dict(good_state[0])
                 opt.load_state_dict(good_state[1])
@@ -171,4 +372,4 @@ def fit_sgd(
                     break
     bar.close()
     energy.load_state_dict(best["state"])
-    return FitResult(it, best["val"], best["it"], reason, history)
+    return FitResult(it, best["val"], best["it"], reason, history, tracker.events)

@@ -8,20 +8,49 @@ A strategy returns weighted points :math:`(u_k, \log w_k)`; the fit loop forms
 :math:`\pi_k \propto w_k e^{-V(u_k)}` (``self_normalize=True``: quadrature or importance
 sampling, where the points are not model samples) or :math:`\pi_k \propto w_k` (points that are
 already model samples, e.g. MCMC), and estimates the model term by :math:`\sum_k \pi_k \nabla V(u_k)`.
+
+Strategies:
+
+- :class:`ShiftedGridNegatives` — exact (randomly shifted tensor quadrature), d ≤ 3;
+- :class:`ImportanceNegatives` — self-normalised importance sampling from the base, any d;
+- :class:`PersistentChains` — persistent MCMC chains (PCD) with a replay buffer, any d;
+- :class:`ShortRunChains` — short-run chains from the base or from the data (CD-k).
+
+A strategy is a callable ``strategy(energy, generator) -> Negatives``; state (chain positions,
+adapted step size) lives in the object.  After every call ``strategy.last_info`` is a dict of
+diagnostics of that call (acceptance rate, step size, ...); the fit loop adds the energy gap
+and, for self-normalised negatives, the effective sample size, and records them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from ..base import BaseMeasure, Uniform
 from ..energies.base import tensor_grid
 from ..partition.quadrature import gauss_legendre_1d
+from ..samplers import adapt as _adapt
+from ..samplers.chains import KERNELS
+from ..samplers.integrators import energy_and_grad
+from ..samplers.types import State
 
-__all__ = ["ImportanceNegatives", "Negatives", "ShiftedGridNegatives", "default_grid_points"]
+__all__ = [
+    "ImportanceNegatives",
+    "NegativePhaseError",
+    "Negatives",
+    "PersistentChains",
+    "ShiftedGridNegatives",
+    "ShortRunChains",
+    "chain_energy",
+    "default_grid_points",
+]
+
+
+class NegativePhaseError(FloatingPointError):
+    """The negative phase cannot be formed (e.g. the energy is not finite where chains stand)."""
 
 
 class Negatives(NamedTuple):
@@ -56,6 +85,7 @@ class ShiftedGridNegatives:
         self.base = base if base is not None else Uniform(dim)
         if self.points_per_axis % n_nodes:
             raise ValueError("points_per_axis must be a multiple of n_nodes")
+        self.last_info: dict[str, Any] = {}
 
     def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
@@ -73,6 +103,7 @@ class ShiftedGridNegatives:
         pts = tensor_grid(axes)
         if not isinstance(self.base, Uniform):
             logw = logw + self.base.log_prob(pts)
+        self.last_info = {"n_points": int(pts.shape[0])}
         return Negatives(pts, logw, True)
 
 
@@ -87,6 +118,7 @@ class ImportanceNegatives:
         self.dim = dim
         self.n_samples = n_samples
         self.base = base if base is not None else Uniform(dim)
+        self.last_info: dict[str, Any] = {}
 
     def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
@@ -94,4 +126,293 @@ class ImportanceNegatives:
         logw = torch.full(
             (self.n_samples,), -math.log(self.n_samples), dtype=torch.float64, device=dev
         )
+        self.last_info = {"n_points": self.n_samples}
         return Negatives(pts, logw, True)
+
+
+# ----------------------------------------------------------------------------- MCMC strategies
+def chain_energy(energy, base: BaseMeasure):
+    r"""The potential the chains sample, :math:`U(u) = V(u) - \log p(u)` (float64), for the
+    model :math:`e^{-V}\,dP/Z` with base density :math:`p = dP/du` (the base term vanishes for
+    the uniform base)."""
+    dt = energy.param_dtype()
+    uniform = isinstance(base, Uniform)
+
+    def fn(u: torch.Tensor) -> torch.Tensor:
+        v = energy(u.to(dt)).to(torch.float64)
+        return v if uniform else v - base.log_prob(u)
+
+    return fn
+
+
+def _checked_state(fn, position: torch.Tensor) -> State:
+    v, g = energy_and_grad(fn, position)
+    bad = ~(torch.isfinite(v) & torch.isfinite(g).all(-1))
+    if bad.any():
+        raise NegativePhaseError(
+            f"the energy or its gradient is not finite at {int(bad.sum())} chain position(s); "
+            "the model has diverged"
+        )
+    return State(position, v, g)
+
+
+class _StepSize:
+    r"""Dual-averaging step size (Hoffman & Gelman 2014) that keeps adapting across calls.
+
+    The target changes as training moves θ, so the averaging is restarted every ``window``
+    updates from the current averaged step size (with :math:`\mu = \log\bar\varepsilon`, i.e.
+    shrinking towards the current value rather than 10× it).  Step sizes are capped at
+    ``max_step`` (a step of the cube's width already reaches every point).
+    """
+
+    def __init__(self, step_size: float, target: float | None, window: int, max_step: float):
+        self.target, self.window, self.max_step = target, int(window), float(max_step)
+        self.value = min(float(step_size), self.max_step)
+        self._restart(self.value)
+
+    def _restart(self, eps: float) -> None:
+        le = math.log(eps)
+        self.state = _adapt.DualAveragingState(le, le, 0, 0.0, le)
+
+    def update(self, acceptance: float) -> None:
+        if self.target is None:
+            return
+        self.state = _adapt.dual_averaging_update(self.state, acceptance, self.target)
+        self.value = min(math.exp(self.state.log_step_size), self.max_step)
+        if self.state.step >= self.window:
+            self._restart(min(math.exp(self.state.log_step_size_avg), self.max_step))
+
+
+def _resolve_kernel(kernel):
+    if isinstance(kernel, str):
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; choose one of {sorted(KERNELS)}")
+        return kernel, KERNELS[kernel]
+    return getattr(kernel, "__name__", type(kernel).__name__), kernel
+
+
+def _advance(
+    module, fn, position, n_steps, generator, step: _StepSize, adapt, inverse_mass, kwargs
+) -> tuple[State, dict[str, Any]]:
+    """Run ``n_steps`` kernel transitions from ``position``; returns the state and statistics."""
+    state = _checked_state(fn, position)
+    start = state.position
+    acc, div, eps_sum = 0.0, 0, 0.0
+    for _ in range(n_steps):
+        eps = step.value
+        state, info = module.step(generator, state, fn, eps, inverse_mass=inverse_mass, **kwargs)
+        a = float(info.acceptance_prob.mean())
+        acc += a
+        div += int(info.is_divergent.sum())
+        eps_sum += eps
+        if adapt:
+            step.update(a)
+    stats = {
+        "acceptance_rate": acc / n_steps if n_steps else math.nan,
+        "step_size": eps_sum / n_steps if n_steps else step.value,
+        "divergences": div,
+        "mean_jump": float((state.position - start).norm(dim=-1).mean()),
+        "n_steps": int(n_steps),
+    }
+    return state, stats
+
+
+class PersistentChains:
+    r"""Persistent contrastive divergence: MCMC chains that live across fit steps (PCD).
+
+    A replay buffer of ``buffer_size`` chain positions (default: ``n_chains``) is initialised
+    from the base P.  Each call draws ``n_chains`` of them, re-initialises each from P with
+    probability ``reinit_fraction`` (so that chains stuck in stale modes are replaced), advances
+    them by ``n_steps`` transitions of the exact reflected kernel targeting the current model
+    :math:`e^{-V}\,dP/Z`, writes them back and returns them as model samples
+    (``self_normalize=False``, equal weights).  The step size is adapted by dual averaging to
+    the kernel's target acceptance (0.574 for MALA, 0.8 for HMC) throughout training.
+
+    The returned points are exact model samples only in the limit of many steps per change of
+    θ (the usual PCD approximation); ``last_info`` reports what each call saw:
+    ``acceptance_rate``, ``step_size``, ``divergences``, ``mean_jump`` (mean distance moved by
+    a chain during the call), ``n_reinit``.
+
+    Args:
+        dim: dimension d.
+        n_chains: chains advanced (and negatives returned) per call.
+        kernel: ``"mala"`` (default), ``"hmc"`` or ``"ula"`` (biased: no accept/reject), or a
+            kernel module with ``step``.
+        n_steps: transitions per call.
+        reinit_fraction: probability that a drawn chain restarts from the base.
+        base: the base measure P (default uniform); initial and re-initial points come from it.
+        buffer_size: replay buffer size (≥ ``n_chains``; default ``n_chains``).
+        step_size: initial ε.
+        target_accept: overrides the kernel's target acceptance.
+        adapt: adapt ε by dual averaging (kernels without a target are never adapted).
+        adapt_window: dual-averaging restart period, in transitions.
+        max_step: cap on ε.
+        inverse_mass: fixed diagonal :math:`M^{-1}`, shape (d,), or None.
+        **kernel_kwargs: passed to the kernel's ``step`` (e.g. ``num_integration_steps``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_chains: int = 512,
+        kernel="mala",
+        n_steps: int = 5,
+        reinit_fraction: float = 0.05,
+        base: BaseMeasure | None = None,
+        *,
+        buffer_size: int | None = None,
+        step_size: float = 0.05,
+        target_accept: float | None = None,
+        adapt: bool = True,
+        adapt_window: int = 200,
+        max_step: float = 1.0,
+        inverse_mass: torch.Tensor | None = None,
+        **kernel_kwargs,
+    ):
+        self.dim = int(dim)
+        self.n_chains = int(n_chains)
+        self.kernel_name, self.kernel = _resolve_kernel(kernel)
+        self.n_steps = int(n_steps)
+        self.reinit_fraction = float(reinit_fraction)
+        self.base = base if base is not None else Uniform(dim)
+        self.buffer_size = int(buffer_size) if buffer_size is not None else self.n_chains
+        if self.n_chains < 1 or self.n_steps < 1 or self.buffer_size < self.n_chains:
+            raise ValueError("need n_chains >= 1, n_steps >= 1 and buffer_size >= n_chains")
+        if not 0.0 <= self.reinit_fraction <= 1.0:
+            raise ValueError(f"reinit_fraction must be in [0, 1], got {reinit_fraction}")
+        target = target_accept if target_accept is not None else self.kernel.TARGET_ACCEPT
+        self.adapt = adapt and target is not None
+        self.step = _StepSize(step_size, target, adapt_window, max_step)
+        self.inverse_mass = inverse_mass
+        self.kernel_kwargs = kernel_kwargs
+        self.buffer: torch.Tensor | None = None
+        self.n_calls = 0
+        self.last_info: dict[str, Any] = {}
+
+    def reset(self) -> None:
+        """Forget the chains (the next call re-initialises the buffer from the base)."""
+        self.buffer = None
+        self.n_calls = 0
+
+    def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
+        dev = energy.param_device()
+        if self.buffer is None or self.buffer.device != dev:
+            self.buffer = self.base.sample(self.buffer_size, generator=generator, device=dev)
+        if self.buffer_size > self.n_chains:
+            idx = torch.randperm(self.buffer_size, generator=generator, device=dev)[: self.n_chains]
+        else:
+            idx = torch.arange(self.n_chains, device=dev)
+        pos = self.buffer[idx].clone()
+        fresh = (
+            torch.rand(self.n_chains, generator=generator, dtype=torch.float64, device=dev)
+            < self.reinit_fraction
+        )
+        n_re = int(fresh.sum())
+        if n_re:
+            pos[fresh] = self.base.sample(n_re, generator=generator, device=dev)
+        fn = chain_energy(energy, self.base)
+        state, stats = _advance(
+            self.kernel,
+            fn,
+            pos,
+            self.n_steps,
+            generator,
+            self.step,
+            self.adapt,
+            self.inverse_mass,
+            self.kernel_kwargs,
+        )
+        self.buffer[idx] = state.position
+        self.n_calls += 1
+        self.last_info = {"kernel": self.kernel_name, **stats, "n_reinit": n_re}
+        logw = torch.full(
+            (self.n_chains,), -math.log(self.n_chains), dtype=torch.float64, device=dev
+        )
+        return Negatives(state.position, logw, False)
+
+
+class ShortRunChains:
+    r"""Short-run chains (contrastive divergence, CD-k): k transitions from fresh starts.
+
+    Every call starts ``n_chains`` chains from the base P (``init="base"``) or from random rows
+    of ``data`` (``init="data"``, classical CD-k), runs ``k`` transitions of the kernel
+    targeting the current model and returns the end points as (approximate) model samples.
+    CD-k is *biased* for small k (it does not maximise the likelihood); it is offered because
+    it is cheap and as the documented recipe of several peers.  ``last_info`` as for
+    :class:`PersistentChains`.
+
+    Args:
+        dim: dimension d.
+        n_chains: chains (negatives) per call.
+        k: transitions per call.
+        init: ``"base"`` or ``"data"``.
+        data: unit-cube data, shape (n, d) (required for ``init="data"``).
+        kernel, base, step_size, target_accept, adapt, adapt_window, max_step, inverse_mass,
+        **kernel_kwargs: as for :class:`PersistentChains`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_chains: int = 512,
+        k: int = 1,
+        init: str = "base",
+        data: torch.Tensor | None = None,
+        kernel="mala",
+        base: BaseMeasure | None = None,
+        *,
+        step_size: float = 0.05,
+        target_accept: float | None = None,
+        adapt: bool = True,
+        adapt_window: int = 200,
+        max_step: float = 1.0,
+        inverse_mass: torch.Tensor | None = None,
+        **kernel_kwargs,
+    ):
+        if init not in ("base", "data"):
+            raise ValueError(f"init must be 'base' or 'data', got {init!r}")
+        if init == "data":
+            if data is None or data.ndim != 2 or data.shape[1] != dim or data.shape[0] < 1:
+                raise ValueError("init='data' needs data of shape (n, dim) on the unit cube")
+            if not ((data >= 0) & (data <= 1)).all():
+                raise ValueError("data must lie in the unit cube (map it with Box.to_unit)")
+        self.dim = int(dim)
+        self.n_chains = int(n_chains)
+        self.k = int(k)
+        if self.n_chains < 1 or self.k < 1:
+            raise ValueError("need n_chains >= 1 and k >= 1")
+        self.init = init
+        self.data = None if data is None else data.detach().to(torch.float64)
+        self.kernel_name, self.kernel = _resolve_kernel(kernel)
+        self.base = base if base is not None else Uniform(dim)
+        target = target_accept if target_accept is not None else self.kernel.TARGET_ACCEPT
+        self.adapt = adapt and target is not None
+        self.step = _StepSize(step_size, target, adapt_window, max_step)
+        self.inverse_mass = inverse_mass
+        self.kernel_kwargs = kernel_kwargs
+        self.last_info: dict[str, Any] = {}
+
+    def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
+        dev = energy.param_device()
+        if self.init == "base":
+            pos = self.base.sample(self.n_chains, generator=generator, device=dev)
+        else:
+            data = self.data.to(dev)
+            idx = torch.randint(0, data.shape[0], (self.n_chains,), generator=generator, device=dev)
+            pos = data[idx]
+        state, stats = _advance(
+            self.kernel,
+            chain_energy(energy, self.base),
+            pos,
+            self.k,
+            generator,
+            self.step,
+            self.adapt,
+            self.inverse_mass,
+            self.kernel_kwargs,
+        )
+        self.last_info = {"kernel": self.kernel_name, **stats}
+        logw = torch.full(
+            (self.n_chains,), -math.log(self.n_chains), dtype=torch.float64, device=dev
+        )
+        return Negatives(state.position, logw, False)
