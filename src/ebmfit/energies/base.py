@@ -208,6 +208,7 @@ class LinearEnergy(Energy):
         T = self.effective_coef().detach()
         lo = lo.to(T.dtype)
         hi = hi.to(T.dtype)
+        chunk = max(1, min(chunk, 2_000_000 // T.numel()))  # bounded memory: chunk × K^d terms
         outs_lo, outs_hi = [], []
         for a, b in zip(lo.split(chunk), hi.split(chunk), strict=True):
             m = a.shape[0]

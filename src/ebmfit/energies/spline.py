@@ -85,6 +85,7 @@ class SplineEnergy(LinearEnergy):
     def _hull_bounds(self, lo: torch.Tensor, hi: torch.Tensor, chunk: int):
         T = self.effective_coef().detach()
         lo, hi = lo.to(T.dtype), hi.to(T.dtype)
+        chunk = max(1, min(chunk, 2_000_000 // T.numel()))
         vlo, vhi = [], []
         for a, b in zip(lo.split(chunk), hi.split(chunk), strict=True):
             m = a.shape[0]
