@@ -63,6 +63,8 @@ from ..checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from ..partition.ais import AISResult, log_partition_ais
+from ..partition.importance import log_weight_stats
 from ..partition.quadrature import MAX_DIM, default_resolution, gauss_legendre_1d
 from ..partition.result import LogZ
 from .fit import FitError, FitResult
@@ -86,6 +88,7 @@ __all__ = [
     "is_torchrun_worker",
     "launch_local",
     "log_mean_exp_distributed",
+    "log_partition_ais_distributed",
     "log_partition_grid_distributed",
     "log_partition_qmc_distributed",
     "log_partition_quadrature_distributed",
@@ -100,7 +103,7 @@ __all__ = [
 DEFAULT_TIMEOUT = timedelta(seconds=60)
 
 # random streams of ``step_seed``
-_BATCH, _NEGATIVES = 0, 1
+_BATCH, _NEGATIVES, _AIS = 0, 1, 3
 
 
 # ============================================================================ process groups
@@ -209,9 +212,9 @@ def _all_gather(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Stack the same-shape tensor ``x`` of every rank: shape (W, *x.shape), in rank order."""
     if not ctx.active:
         return x.unsqueeze(0)
-    x = x.to(ctx.comm_device).contiguous()
-    out = [torch.empty_like(x) for _ in range(ctx.world_size)]
-    dist.all_gather(out, x)
+    xc = x.to(ctx.comm_device).contiguous()
+    out = [torch.empty_like(xc) for _ in range(ctx.world_size)]
+    dist.all_gather(out, xc)
     return torch.stack(out).to(x.device)
 
 
@@ -479,22 +482,90 @@ def log_mean_exp_distributed(
 ) -> LogZ:
     r"""log Z from importance (or AIS) log-weights spread over ranks.
 
-    :math:`\log\hat Z = \log\frac1n\sum_k e^{\ell_k}` over the weights of *all* ranks (gathered,
-    shape (n_r,) on rank r) and, by the delta method,
-    :math:`\mathrm{SE} = \mathrm{sd}(e^{\ell})/(\sqrt n\,\overline{e^{\ell}})`.  By Jensen
-    :math:`\mathbb{E}\log\hat Z \le \log Z` (bias "lower").  This is how a rank's share of AIS
-    chains is combined.
+    :math:`\log\hat Z = \log\frac1n\sum_k e^{\ell_k}` over the weights of *all* ranks (gathered
+    in rank order; shape (n_r,) on rank r) and the delta-method standard error
+    :math:`\sqrt{(n/\mathrm{ESS} - 1)/(n - 1)}` of
+    :func:`ebmfit.partition.importance.log_weight_stats`.  By Jensen
+    :math:`\mathbb{E}\log\hat Z \le \log Z` (bias "lower").
     """
     ctx = ctx or current_context()
     lw = gather_rows(local_log_weights.detach().to(torch.float64).reshape(-1), ctx).cpu()
-    n = lw.numel()
-    if n < 2 or not torch.isfinite(lw).all():
-        raise FloatingPointError("need at least 2 finite log-weights over all ranks")
-    m = lw.max()
-    w = torch.exp(lw - m)
-    value = float(m + torch.log(w.mean()))
-    stderr = float(w.std(unbiased=True) / (math.sqrt(n) * w.mean()))
-    return LogZ(value, stderr, method, n, "lower")
+    value, stderr, _ = log_weight_stats(lw)
+    return LogZ(value, stderr, method, lw.numel(), "lower")
+
+
+def log_partition_ais_distributed(
+    energy,
+    base: BaseMeasure | None = None,
+    ctx: DistContext | None = None,
+    *,
+    n_chains: int = 1024,
+    n_blocks: int = 16,
+    seed: int = 0,
+    schedule: str | torch.Tensor = "adaptive",
+    step_size: float | torch.Tensor | None = None,
+    **ais_kwargs: Any,
+) -> AISResult:
+    r"""Forward AIS (:func:`ebmfit.partition.ais.log_partition_ais`) with the chains split over
+    ranks.
+
+    The plan (temperatures and frozen step sizes) is tuned once, by rank 0's pilot run, and
+    sent to every rank, so all chains see the same sequence of exact kernels.  The ``n_chains``
+    chains come in ``n_blocks`` fixed blocks; block b runs from its own generator
+    ``step_seed(seed, 3, b)`` and rank r runs the blocks ``partition_range(n_blocks, r, W)``.
+    The log-weights of all chains are gathered; the estimate, its standard error and the ESS
+    are those of one process running the same blocks, whatever W.  ``samples`` holds this
+    rank's final positions only; ``acceptance`` and ``divergences`` cover all chains.
+    ``ais_kwargs`` go to :func:`~ebmfit.partition.ais.log_partition_ais` (``n_temps``,
+    ``kernel``, ``n_steps``, ``n_pilot``, ...).
+    """
+    ctx = ctx or current_context()
+    base = base if base is not None else Uniform(energy.dim)
+    n_blocks = max(1, min(int(n_blocks), int(n_chains) // 2))
+    dev = energy.param_device()
+    pilot_evals = 0
+    if isinstance(schedule, torch.Tensor) and step_size is not None:  # nothing to tune
+        betas = schedule.detach().to(torch.float64).cpu()
+        eps = torch.as_tensor(step_size, dtype=torch.float64).reshape(-1)
+        plan = (betas, eps.expand(betas.numel() - 1).clone() if eps.numel() == 1 else eps, 0)
+    else:
+        plan = None
+        if ctx.is_main:  # a pilot plus two throw-away chains: the plan is all we keep
+            g = _generator(step_seed(seed, _AIS, 0), dev)
+            r = log_partition_ais(
+                energy, base, n_chains=2, schedule=schedule, step_size=step_size, generator=g,
+                **ais_kwargs,
+            )  # fmt: skip
+            plan = (r.betas, r.step_sizes, r.logz.n_evals)
+        plan = _broadcast(plan, ctx)
+        pilot_evals = plan[2]
+    betas, eps = plan[0], plan[1]
+    b0, b1 = partition_range(n_blocks, ctx.rank, ctx.world_size)
+    results = []
+    for b in range(b0, b1):
+        s, e = partition_range(n_chains, b, n_blocks)
+        g = _generator(step_seed(seed, _AIS, 1, b), dev)
+        results.append(
+            log_partition_ais(
+                energy, base, n_chains=e - s, schedule=betas, step_size=eps, generator=g,
+                **ais_kwargs,
+            )
+        )  # fmt: skip
+    counts = torch.zeros(3 + betas.numel() - 1, dtype=torch.float64)  # n, div, evals, Σ acc
+    for r in results:
+        n = r.log_weights.numel()
+        counts[:3] += torch.tensor([n, r.divergences, r.logz.n_evals], dtype=torch.float64)
+        counts[3:] += n * r.acceptance
+    tot = _all_gather(counts, ctx).sum(0)
+    lw_local = torch.cat([r.log_weights for r in results] or [torch.empty(0, dtype=torch.float64)])
+    lw = gather_rows(lw_local, ctx).cpu()
+    value, stderr, ess = log_weight_stats(lw)
+    logz = LogZ(value, stderr, "ais-forward", int(tot[2]) + pilot_evals, "lower")
+    samples = torch.cat(
+        [r.samples for r in results]
+        or [torch.empty(0, energy.dim, dtype=torch.float64, device=dev)]
+    )
+    return AISResult(logz, ess, lw, tot[3:] / tot[0], betas, eps, samples, int(tot[1]))
 
 
 def check_log_partition_distributed(energy, base: BaseMeasure, ctx: DistContext) -> float:
@@ -542,7 +613,6 @@ class DistributedFitResult(FitResult):
     wall_time: float = 0.0
     step_time: float = math.nan  # mean seconds per training step (no validation/checkpoint)
     resumed_from: int | None = None
-    history_extra: dict = field(default_factory=dict)
 
 
 def _ddp(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
@@ -672,9 +742,9 @@ def fit_distributed(
     model = _ddp(energy, ctx) if ctx.active and W > 1 else energy
     opt = torch.optim.Adam(energy.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.02, 1 - t / max_iter))
-    step, since_best, history = 0, 0, []
+    step, since_best, history, finished = 0, 0, [], False
     best: dict[str, Any] = {"val": math.inf, "it": 0, "state": None}
-    resumed_from = None
+    resumed_from, reason = None, "max_iter"
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -692,6 +762,9 @@ def fit_distributed(
                 stacklevel=2,
             )
         resumed_from = step
+        finished = bool(ck.get("finished", False))  # early-stopped or at max_iter: done
+        if finished:
+            reason = str(ck.get("stop_reason", reason))
     elif validate:
         best["val"] = validation_nll_distributed(energy, U_val_local, base, ctx)
         best["state"] = copy.deepcopy(energy.state_dict())
@@ -714,6 +787,8 @@ def fit_distributed(
                     "best": best,
                     "since_best": since_best,
                     "history": history,
+                    "finished": finished,
+                    "stop_reason": reason,
                     "negatives": neg_states,
                     "rng": rng,
                 },
@@ -727,9 +802,8 @@ def fit_distributed(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=max_iter, initial=step, desc=f"fit ×{W}", leave=False)
-    reason = "max_iter"
     step_time, n_timed = 0.0, 0
-    while step < max_iter:
+    while step < max_iter and not finished:
         t0 = time.perf_counter()
         if bs < n_global:
             g = torch.Generator().manual_seed(step_seed(seed, _BATCH, step))
@@ -788,10 +862,11 @@ def fit_distributed(
                 since_best += 1
                 if since_best >= patience:
                     reason, stop = "early_stopping", True
-        if checkpoint is not None and (step % checkpoint_every == 0 or stop or step == max_iter):
-            write_checkpoint()
+        finished = stop or step == max_iter
         if callback is not None and callback(step, info):
-            reason, stop = "callback", True
+            reason, stop = "callback", True  # an interruption: a resume carries on
+        if checkpoint is not None and (step % checkpoint_every == 0 or stop or finished):
+            write_checkpoint()
         if stop:
             break
     if bar is not None:
@@ -806,7 +881,7 @@ def fit_distributed(
         history=history,
         world_size=W,
         wall_time=time.perf_counter() - t_start,
-        step_time=step_time / max(1, n_timed),
+        step_time=step_time / n_timed if n_timed else math.nan,
         resumed_from=resumed_from,
     )
 
@@ -944,7 +1019,7 @@ def launch_local(
     """Run ``python -m <module> <args>`` as ``nproc`` ranks on this machine (torchrun, loopback).
 
     Returns torchrun's exit status: non-zero as soon as one rank fails (torchrun then stops the
-    others).  Each rank gets ``OMP_NUM_THREADS = cores // nproc`` unless it is set.
+    others, and a line saying so goes to stderr).  Each rank gets ``OMP_NUM_THREADS = cores // nproc`` unless it is set.
     """
     if nproc < 1:
         raise ValueError("nproc must be >= 1")
@@ -968,7 +1043,15 @@ def launch_local(
         module,
         *args,
     ]
-    return subprocess.run(cmd, env=env, timeout=timeout, check=False).returncode
+    rc = subprocess.run(cmd, env=env, timeout=timeout, check=False).returncode
+    if rc:
+        print(
+            f"error: the {nproc}-process run failed (torchrun exit status {rc}); the failing "
+            "rank's message is above. Checkpoints written so far are intact (use --resume).",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rc
 
 
 def fit_and_save(
@@ -1021,11 +1104,18 @@ def fit_and_save(
         shutdown_distributed()
 
 
-def argv_from_click(ctx) -> list[str]:
-    """Rebuild the command line of the running click/typer command (for re-launching it)."""
+def argv_from_click(ctx, exclude: Sequence[str] = ("nproc",)) -> list[str]:
+    """Rebuild the command line of the running click/typer command (for re-launching it).
+
+    Parameters named in ``exclude`` are left out: ``--nproc`` must not reach torchrun's own
+    argument parser, which would reject it as an ambiguous abbreviation of
+    ``--nproc-per-node``; ranks know they are ranks from torchrun's environment.
+    """
     argv = [ctx.info_name]
     for p in ctx.command.params:
         v = ctx.params.get(p.name)
+        if p.name in exclude or p.name not in ctx.params:
+            continue
         if p.param_type_name == "argument":
             argv += [str(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
         elif getattr(p, "is_flag", False):
