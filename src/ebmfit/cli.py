@@ -6,6 +6,7 @@ Every command calls the public API (EnergyDensity, io, plotting); nothing lives 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ app = typer.Typer(
 def _fail(msg: str) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+def _write(path: Path, write, *args, **kwargs) -> None:
+    """Run ``write(*args, **kwargs)``, turning an OS error (no folder, no permission) into an error
+    message and exit code 2."""
+    try:
+        write(*args, **kwargs)
+    except OSError as e:
+        _fail(f"cannot write {path}: {e}")
 
 
 def _parse_bounds(s: str | None, d: int, name: str):
@@ -82,6 +92,7 @@ def demo(
 
 @app.command()
 def fit(
+    ctx: typer.Context,
     data: Path = typer.Argument(..., help="CSV file, one sample per row (header optional)"),
     output: Path = typer.Option(..., "--output", "-o", help="model file to write (.ebm)"),
     energy: str = typer.Option("auto", help="auto | spline | legendre | cosine | mlp"),
@@ -94,14 +105,40 @@ def fit(
     max_iter: int = typer.Option(None, help="iterations (per penalty value for linear energies)"),
     seed: int = typer.Option(0, help="random seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    nproc: int = typer.Option(1, help="processes on this machine (torchrun + DDP; mlp energies)"),
+    checkpoint: Path = typer.Option(None, help="checkpoint file, rewritten atomically (mlp)"),
+    resume: bool = typer.Option(False, help="continue from --checkpoint if it exists"),
 ):
-    """Fit a density to a CSV file and save it."""
+    """Fit a density to a CSV file and save it (see docs/distributed.md for --nproc/torchrun)."""
     from .csvio import read_csv
     from .estimator import EnergyDensity
+    from .training import distributed as dist
+    from .training.fit import FitError
 
+    if nproc > 1 and not dist.is_torchrun_worker():  # re-launch as nproc torchrun ranks
+        argv = dist.argv_from_click(ctx)
+        raise typer.Exit(dist.launch_local(nproc, argv))
     try:
         X, header = read_csv(data)
         d = X.shape[1]
+        if nproc > 1 or checkpoint or resume or dist.is_torchrun_worker():
+            code = dist.fit_and_save(
+                X,
+                output,
+                feature_names=header,
+                energy=energy,
+                low=_parse_bounds(low, d, "low"),
+                high=_parse_bounds(high, d, "high"),
+                margin=margin,
+                clip=clip,
+                max_iter=max_iter or 2000,
+                seed=seed,
+                checkpoint=checkpoint,
+                resume=resume,
+                progress=not quiet,
+                echo=typer.echo,
+            )
+            raise typer.Exit(code)
         est = EnergyDensity(
             energy,
             low=_parse_bounds(low, d, "low"),
@@ -113,14 +150,15 @@ def fit(
             verbose=not quiet,
         )
         est.fit(X)
+        mean_ll = est.score(X)  # before the names are attached: X is a plain array
         if header:
             est.feature_names_in_ = np.asarray(header, dtype=object)
-    except (DataError, ValueError) as e:
+    except (DataError, ValueError, FitError, FloatingPointError) as e:
         _fail(str(e))
-    est.save(output)
+    _write(output, est.save, output)
     typer.echo(
         f"fitted {X.shape[0]} rows × {d} columns in {est.fit_time_:.1f} s; "
-        f"log Z = {est.log_partition_}; mean log-likelihood {est.score(X):.4f}"
+        f"log Z = {est.log_partition_}; mean log-likelihood {mean_ll:.4f}"
     )
     typer.echo(f"wrote {output}")
 
@@ -147,11 +185,13 @@ def score(
     est = _load(model)
     try:
         X, _ = read_csv(data)
-        lp = est.score_samples(X)
+        with warnings.catch_warnings():  # CSV columns are positional, whatever their header
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            lp = est.score_samples(X)
     except (DataError, ValueError) as e:
         _fail(str(e))
     if output:
-        write_csv(output, lp, header=["log_density"])
+        _write(output, write_csv, output, lp, header=["log_density"])
         typer.echo(f"wrote {len(lp)} scores to {output}")
     else:
         sys.stdout.write("".join(f"{v!r}\n" for v in map(float, lp)))
@@ -173,7 +213,7 @@ def sample(
     S = est.sample(n, random_state=seed)
     names = list(getattr(est, "feature_names_in_", [f"x{i}" for i in range(S.shape[1])]))
     if output:
-        write_csv(output, S, header=names)
+        _write(output, write_csv, output, S, header=names)
         typer.echo(f"wrote {n} samples to {output}")
     else:
         sys.stdout.write(",".join(names) + "\n")
@@ -197,9 +237,11 @@ def plot(
             X, _ = read_csv(data)
         except DataError as e:
             _fail(str(e))
+        if X.shape[1] != est.n_features_in_:
+            _fail(f"{data} has {X.shape[1]} column(s) but the model has {est.n_features_in_}")
     names = list(getattr(est, "feature_names_in_", [])) or None
     fig = plot_density(est.model_, X, feature_names=names)
-    fig.savefig(output, dpi=110)
+    _write(output, fig.savefig, output, dpi=110)
     typer.echo(f"wrote {output}")
 
 
@@ -216,6 +258,52 @@ def info(model: Path = typer.Argument(..., help="model file")):
 
 def main() -> None:
     app()
+
+
+
+# --- certify & studies (issue 4) ---
+@app.command()
+def certify(
+    model_a: Path = typer.Argument(..., help="first model file (A)"),
+    model_b: Path = typer.Argument(..., help="second model file (B), same box and base"),
+    tol: float = typer.Option(0.1, help="target relative gap between the oscillation bounds"),
+    time_limit: float = typer.Option(120.0, help="seconds for branch-and-bound"),
+    json_out: Path = typer.Option(None, "--json", help="also write the certificate as JSON"),
+):
+    """Certified upper bound on KL(A‖B) and KL(B‖A): min(osc, osc²/8), osc = osc(V_B − V_A)."""
+    import json
+
+    from .certify import kl_bound
+    from .io import ModelFileError, load_model
+
+    try:
+        ma, mb = load_model(model_a), load_model(model_b)
+    except ModelFileError as e:
+        _fail(str(e))
+    try:
+        cert = kl_bound(ma, mb, tol=tol, time_limit=time_limit, labels=(str(model_a), str(model_b)))
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(str(cert))
+    if json_out is not None:
+        json_out.write_text(json.dumps(cert.to_dict(), indent=2), encoding="utf-8")
+        typer.echo(f"wrote {json_out}")
+
+
+@app.command()
+def study(
+    name: str = typer.Argument(..., help="identity | approximation | zeros | errata"),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="folder for NAME.md and NAME.png"),
+    quick: bool = typer.Option(False, "--quick", help="reduced size (seconds instead of minutes)"),
+):
+    """Run one of the seed's theorems as a study; write a Markdown report and a PNG."""
+    from .studies import STUDIES, run_study
+
+    if name not in STUDIES:
+        _fail(f"unknown study {name!r}; choose from {', '.join(STUDIES)}")
+    result = run_study(name, quick=quick, out_dir=out)
+    typer.echo(result.to_markdown())
+    typer.echo(f"wrote {out / (name + '.md')}, {out / (name + '.png')}")
 
 
 if __name__ == "__main__":

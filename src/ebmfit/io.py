@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
 import torch
@@ -48,10 +49,15 @@ def save_model(model: EnergyModel, path, extra: dict | None = None) -> None:
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.energy_fn.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # a unique name next to the target, created exclusively with the default permissions
+    # (0o666 minus the umask; mkstemp and safetensors both create 0o600 files)
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     try:
+        with open(tmp, "xb"):
+            pass
+        mode = stat.S_IMODE(os.stat(path if path.is_file() else tmp).st_mode)
         save_file(tensors, tmp, metadata={"ebmfit": json.dumps(header)})
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -80,10 +86,13 @@ def load_model_with_extra(path, device=None) -> tuple[EnergyModel, dict]:
         header = json.loads(meta["ebmfit"])
     except json.JSONDecodeError as e:
         raise ModelFileError(f"{path}: corrupted ebmfit header ({e})") from e
-    if header.get("format") != FORMAT or int(header.get("version", -1)) > VERSION:
+    if not isinstance(header, dict):
         raise ModelFileError(
-            f"{path}: unknown format {header.get('format')!r} v{header.get('version')}"
+            f"{path}: corrupted ebmfit header (a JSON {type(header).__name__}, not an object)"
         )
+    version = header.get("version")
+    if header.get("format") != FORMAT or not isinstance(version, int) or version > VERSION:
+        raise ModelFileError(f"{path}: unknown format {header.get('format')!r} v{version}")
     try:
         energy = make_energy(header["energy"])
         energy.load_state_dict(tensors, strict=True)
@@ -91,6 +100,10 @@ def load_model_with_extra(path, device=None) -> tuple[EnergyModel, dict]:
         base = base_from_dict(header["base"])
         lz = header.get("log_partition")
         lz = None if lz is None else LogZ.from_dict(lz)
+        if base.dim != domain.dim:
+            raise ValueError(f"base measure of dimension {base.dim} on a {domain.dim}-D box")
+        model = EnergyModel(energy, domain, base, log_partition=lz)
+        extra = dict(header.get("extra") or {})
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ModelFileError(f"{path}: inconsistent model file: {e}") from e
     if device is not None:
@@ -99,7 +112,7 @@ def load_model_with_extra(path, device=None) -> tuple[EnergyModel, dict]:
     for name, t in energy.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ModelFileError(f"{path}: tensor {name!r} holds non-finite values")
-    return EnergyModel(energy, domain, base, log_partition=lz), dict(header.get("extra", {}))
+    return model, extra
 
 
 def load_model(path, device=None) -> EnergyModel:

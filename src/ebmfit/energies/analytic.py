@@ -73,6 +73,7 @@ class CallableEnergy(Energy):
         dim: input dimension.
         lipschitz: optional Euclidean Lipschitz constant of V on the cube, enabling sound bounds.
         name: a label used in reports.
+        device: where the callable wants its inputs (default CPU); points are passed in float64.
     """
 
     family = "callable"
@@ -83,12 +84,21 @@ class CallableEnergy(Energy):
         dim: int,
         lipschitz: float | None = None,
         name: str = "callable",
+        device=None,
     ):
         super().__init__()
         self.fn = fn
         self.dim = int(dim)
         self.lipschitz = None if lipschitz is None else float(lipschitz)
         self.name = name
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+
+    def param_dtype(self) -> torch.dtype:
+        """Points are handed to the callable in float64 (it has no parameters to follow)."""
+        return torch.float64
+
+    def param_device(self) -> torch.device:
+        return self.device
 
     def spec(self) -> dict:
         raise TypeError(

@@ -34,7 +34,8 @@ class MLPEnergy(Energy):
         hidden: widths of the hidden layers.
         n_fourier: number m of random frequencies (0 = plain coordinate MLP).
         fourier_scale: standard deviation s of the frequencies (cycles per unit length).
-        seed: seed of the frequency draw.
+        seed: seed of the frequency draw and of the weight initialisation (reproducible
+            without touching torch's global RNG).
     """
 
     family = "mlp"
@@ -64,8 +65,18 @@ class MLPEnergy(Energy):
             width = h
         layers.append(nn.Linear(width, 1, dtype=dtype))
         self.net = nn.Sequential(*layers)
-        with torch.no_grad():  # start near the uniform density
-            self.net[-1].weight.mul_(0.1)
+        with torch.no_grad():
+            for layer in self.net:  # PyTorch's default init, drawn from the seeded generator
+                if isinstance(layer, nn.Linear):
+                    w = torch.empty(layer.weight.shape, dtype=torch.float64)
+                    nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=g)
+                    layer.weight.copy_(w)
+                    bound = 1 / math.sqrt(layer.in_features)
+                    b = torch.empty(layer.bias.shape, dtype=torch.float64).uniform_(
+                        -bound, bound, generator=g
+                    )
+                    layer.bias.copy_(b)
+            self.net[-1].weight.mul_(0.1)  # start near the uniform density
             self.net[-1].bias.zero_()
 
     def spec(self) -> dict:

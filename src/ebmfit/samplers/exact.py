@@ -3,8 +3,8 @@ r"""Exact sampling from :math:`q(u) \propto e^{-V(u)}` on the unit cube (uniform
 Rejection sampling on an adaptive partition of the cube into boxes :math:`C_c`:
 
 1. sound bounds :math:`\underline V_c \le V \le \overline V_c` on each box come from
-   ``energy.interval_bounds``; boxes whose gap :math:`\overline V_c - \underline V_c` exceeds
-   ``gap_tol`` are bisected (all axes) until the gap is small or the budget is used;
+   ``energy.interval_bounds``; the boxes that carry most of the envelope's slack are bisected
+   (all axes) until the guaranteed acceptance rate is high enough or the budget is used;
 2. a box is drawn with probability :math:`\propto |C_c|\,e^{-\underline V_c}`, a point u
    uniformly inside it, and u is accepted with probability :math:`e^{\underline V_c - V(u)} \le 1`.
 
@@ -18,6 +18,7 @@ dimension whenever the energy's range is bounded.  A bound found violated raises
 from __future__ import annotations
 
 import math
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -50,35 +51,61 @@ def default_cells(dim: int) -> int:
     return {1: 64, 2: 32, 3: 12}.get(dim, 1)
 
 
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state_key(energy) -> tuple:
+    """Changes whenever a parameter or buffer of ``energy`` is modified (in place or replaced)."""
+    return tuple((id(t), t._version) for t in (*energy.parameters(), *energy.buffers()))
+
+
 @torch.no_grad()
 def build_envelope(
     energy,
     *,
     cells: int | None = None,
-    gap_tol: float = 0.5,
-    max_boxes: int = 200_000,
-    max_rounds: int = 8,
+    target_acceptance: float = 0.3,
+    max_boxes: int = 100_000,
+    max_rounds: int = 16,
+    cache: bool = True,
 ) -> Envelope:
-    """Adaptive box partition with sound energy lower bounds (see module docstring)."""
+    r"""Adaptive box partition with sound energy lower bounds (see module docstring).
+
+    Starting from ``cells`` boxes per axis, each round bisects (along all axes) the boxes that
+    carry the largest share of the *slack* :math:`\sum_c |C_c|(e^{-\underline V_c} -
+    e^{-\overline V_c})` — together half of it — until the guaranteed acceptance rate
+    :math:`\sum_c |C_c| e^{-\overline V_c} / \sum_c |C_c| e^{-\underline V_c}` reaches
+    ``target_acceptance`` or the budget is spent.  Exactness never depends on where this
+    stops.  The envelope is cached per energy until its parameters change.
+    """
+    key = (cells, target_acceptance, max_boxes, max_rounds, _state_key(energy))
+    if cache and energy in _CACHE and _CACHE[energy][0] == key:
+        return _CACHE[energy][1]
     d = energy.dim
     dev = energy.param_device()
     cells = default_cells(d) if cells is None else int(cells)
     lo, hi = _initial_boxes(d, cells, torch.float64, dev)
     vlo, vhi = (t.to(torch.float64) for t in energy.interval_bounds(lo, hi))
+    corners = torch.cartesian_prod(*[torch.tensor([0, 1], device=dev)] * d).reshape(-1, d).bool()
     for _ in range(max_rounds):
-        gap = vhi - vlo
-        logm = torch.log(torch.prod(hi - lo, -1)) - vlo
-        share = torch.softmax(logm, 0)
-        # refine boxes that are loose *and* carry noticeable proposal mass
-        split = (gap > gap_tol) & (share > 1e-3 / share.numel())
-        n_split = int(split.sum())
-        if n_split == 0 or lo.shape[0] + n_split * (2**d - 1) > max_boxes:
+        logvol = torch.log(torch.prod(hi - lo, -1))
+        upper, lower = logvol - vlo, logvol - vhi
+        if float(torch.logsumexp(lower, 0) - torch.logsumexp(upper, 0)) >= math.log(
+            target_acceptance
+        ):
             break
+        top = torch.logsumexp(upper, 0)
+        slack = torch.exp(upper - top) - torch.exp(lower - top)
+        order = torch.argsort(slack, descending=True)
+        cum = torch.cumsum(slack[order], 0) / slack.sum()
+        k = int(torch.searchsorted(cum, torch.tensor(0.5, dtype=cum.dtype, device=dev))) + 1
+        k = min(k, (max_boxes - lo.shape[0]) // (2**d - 1))
+        if k <= 0:
+            break
+        split = torch.zeros(lo.shape[0], dtype=torch.bool, device=dev)
+        split[order[:k]] = True
         slo, shi = lo[split], hi[split]
         mid = (slo + shi) / 2
-        corners = (
-            torch.cartesian_prod(*[torch.tensor([0, 1], device=dev)] * d).reshape(-1, d).bool()
-        )
         clo = torch.where(corners[None], mid[:, None], slo[:, None]).reshape(-1, d)
         chi = torch.where(corners[None], shi[:, None], mid[:, None]).reshape(-1, d)
         cvlo, cvhi = (t.to(torch.float64) for t in energy.interval_bounds(clo, chi))
@@ -88,11 +115,12 @@ def build_envelope(
         vlo = torch.cat([vlo[keep], cvlo])
         vhi = torch.cat([vhi[keep], cvhi])
     if not torch.isfinite(vlo).all():
-        raise FloatingPointError(
-            "energy lower bound is not finite on some box; cannot sample exactly"
-        )
+        raise FloatingPointError("energy lower bound is not finite on some box; cannot sample exactly")
     log_mass = torch.log(torch.prod(hi - lo, -1)) - vlo
-    return Envelope(lo, hi, vlo, log_mass)
+    env = Envelope(lo, hi, vlo, log_mass)
+    if cache:
+        _CACHE[energy] = (key, env)
+    return env
 
 
 @torch.no_grad()

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..base import Uniform
+from ..base import BaseMeasure, Uniform
+from ..energies.base import tensor_grid
 from ..partition.quadrature import gauss_legendre_1d
-from .fit import FitResult, check_log_partition, mean_energy
+from .fit import FitResult, validation_nll
 
 __all__ = ["fit_convex", "training_rule"]
 
@@ -106,9 +107,13 @@ def fit_convex(
     patience: int = 2,
     refit: bool = True,
     refit_max_iter: int = 1000,
+    base: BaseMeasure | None = None,
     progress: bool = False,
 ) -> FitResult:
-    """Fit a :class:`~ebmfit.energies.LinearEnergy` (uniform base) along a penalty path.
+    r"""Fit a :class:`~ebmfit.energies.LinearEnergy` along a penalty path.
+
+    With a base P other than the uniform one, the quadrature weights become
+    :math:`w_g\,p(u_g)` and V learns a correction of P (penalised towards it).
 
     ``U_train``/``U_val``: unit-cube data, shapes (n, d), (n_val, d).  ``energy`` ends at the
     selected penalty, refitted on train ∪ val when ``refit`` and solved to tight tolerance
@@ -127,6 +132,10 @@ def fit_convex(
     logw = torch.zeros((), dtype=dt, device=dev)
     for _ in range(d):
         logw = (logw[..., None] + torch.log(w)).reshape(-1)
+    base = base if base is not None else Uniform(d)
+    if not isinstance(base, Uniform):
+        pts = tensor_grid(axes)
+        logw = logw + torch.cat([base.log_prob(c) for c in pts.split(65536)]).to(logw)
     U_train, U_val = U_train.to(dev), U_val.to(dev)
     phi_tr = energy.mean_features(U_train)
     history: list[dict] = []
@@ -136,7 +145,7 @@ def fit_convex(
     for lam in bar:
         nll, k, gmax = _solve(energy, phi_tr, axes, logw, lam, max_iter)
         total_iter += k
-        val = mean_energy(energy, U_val) + check_log_partition(energy, Uniform(d))
+        val = validation_nll(energy, U_val, base)
         history.append(
             {"lambda": float(lam), "train_nll": nll, "val_nll": val, "iters": k, "grad_max": gmax}
         )
