@@ -12,11 +12,11 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
+import json
+import subprocess
+import sys
 
-from _common import environment, write  # noqa: E402
+from _common import environment, write
 
 CHILD = r"""
 import os, json, resource, time
@@ -43,21 +43,27 @@ def main() -> None:
     rows = []
     for energy, max_iter in [("auto", None), ("mlp", 100), ("mlp", 400)]:
         code = CHILD.format(energy=energy, max_iter=max_iter)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True, timeout=3600)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=3600
+        )
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(row, flush=True)
-    lines = ["| energy | Adam steps / L-BFGS cap | iterations run | fit time (s) | peak RSS (MB) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| energy | Adam steps / L-BFGS cap | iterations run | fit time (s) | peak RSS (MB) |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['energy']} | {r['max_iter']} | {r['n_iter']} | {r['fit_time_s']:.1f} | "
-                     f"{r['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {r['energy']} | {r['max_iter']} | {r['n_iter']} | {r['fit_time_s']:.1f} | "
+            f"{r['peak_rss_mb']:.0f} |"
+        )
     table = "\n".join(lines) + (
         "\n\nDefault 3-D fits on n = 5000 (a 4-component mixture), then 20 000 exact samples, "
         "each in a fresh process; peak RSS includes the Python interpreter and torch "
         "(≈ 300–400 MB by themselves). The two MLP rows differ only in the number of "
-        "training steps: equal peaks mean memory does not grow with training.\n")
+        "training steps: equal peaks mean memory does not grow with training.\n"
+    )
     write("memory3d", {"environment": env, "rows": rows}, table)
 
 

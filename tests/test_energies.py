@@ -85,7 +85,9 @@ def test_grid_values_match_pointwise(family, d):
     e = randomised(FACTORIES[family](d))
     axes = [torch.rand(n, dtype=torch.float64) for n in (5, 4, 3)[:d]]
     with torch.no_grad():
-        assert torch.allclose(e.grid_values(axes).double(), e(tensor_grid(axes)).double(), atol=1e-5)
+        assert torch.allclose(
+            e.grid_values(axes).double(), e(tensor_grid(axes)).double(), atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("cls", [SplineEnergy, LegendreEnergy, CosineEnergy])
@@ -117,12 +119,18 @@ def test_spline_basis_is_a_partition_of_unity():
 
 
 def test_roughness_diag_is_the_hessian_diagonal():
-    for e in (SplineEnergy(2, 6, penalty_order=3), SplineEnergy(2, 6, penalty_order=2),
-              LegendreEnergy(2, 4), CosineEnergy(2, 4)):
+    for e in (
+        SplineEnergy(2, 6, penalty_order=3),
+        SplineEnergy(2, 6, penalty_order=2),
+        LegendreEnergy(2, 4),
+        CosineEnergy(2, 4),
+    ):
         c = e.coef.detach().clone()
         H = torch.autograd.functional.hessian(lambda t, e=e: e.roughness(t), c)
         diag = torch.diagonal(H.reshape(c.numel(), c.numel()))
-        assert torch.allclose(diag.reshape(c.shape) * e.mask, e.roughness_diag() * e.mask, atol=1e-9)
+        assert torch.allclose(
+            diag.reshape(c.shape) * e.mask, e.roughness_diag() * e.mask, atol=1e-9
+        )
         Q, dq = e.penalty_transform()
         if Q is not None:  # Q^T ⊗ Q^T H Q ⊗ Q is diagonal with entries dq
             QQ = torch.kron(Q, Q)
@@ -141,8 +149,11 @@ def test_callable_energy_refuses_to_be_saved_and_checks_shape():
 
 # ----------------------------------------------------------------- soundness of bounds
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), width=st.floats(0.001, 1.0), fam=st.sampled_from(
-    ["spline", "legendre", "cosine", "mlp", "quadratic", "callable"]))
+@given(
+    seed=st.integers(0, 10_000),
+    width=st.floats(0.001, 1.0),
+    fam=st.sampled_from(["spline", "legendre", "cosine", "mlp", "quadratic", "callable"]),
+)
 def test_interval_bounds_contain_dense_evaluations(seed, width, fam):
     d = 2
     if fam == "callable":

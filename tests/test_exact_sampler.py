@@ -20,7 +20,8 @@ def _cell_probs(e, bins):
         f = torch.exp(-e(U.to(e.param_dtype())).double()) * (w[:, None] * w[None, :]).reshape(-1)
     idx = (U * bins).floor().clamp(max=bins - 1).long()
     cells = torch.zeros(bins, bins, dtype=torch.float64).index_put_(
-        (idx[:, 0], idx[:, 1]), f, accumulate=True)
+        (idx[:, 0], idx[:, 1]), f, accumulate=True
+    )
     return (cells / cells.sum()).numpy()
 
 
@@ -68,7 +69,8 @@ def test_envelope_mass_is_an_upper_bound_on_z_and_single_box_rejection_works():
     x, w = gauss_legendre_1d(128, 4)
     with torch.no_grad():
         logz = torch.logsumexp(
-            torch.log((w[:, None] * w[None, :]).reshape(-1)) - e(tensor_grid([x, x])), 0)
+            torch.log((w[:, None] * w[None, :]).reshape(-1)) - e(tensor_grid([x, x])), 0
+        )
     assert log_partition_from_envelope(env) >= float(logz)
     one = build_envelope(e, cells=1, max_rounds=0)  # plain rejection from the uniform base
     assert one.lo.shape[0] == 1

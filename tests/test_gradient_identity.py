@@ -24,7 +24,9 @@ FAMILIES = {
 
 
 def _flat(grads: dict) -> torch.Tensor:
-    return torch.cat([g.reshape(g.shape[0], -1) if g.dim() > 1 else g[:, None] for g in grads.values()], 1)
+    return torch.cat(
+        [g.reshape(g.shape[0], -1) if g.dim() > 1 else g[:, None] for g in grads.values()], 1
+    )
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

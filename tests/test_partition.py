@@ -23,8 +23,12 @@ def truncated_gaussian(mean, std):
     return e, logz
 
 
-CASES = [([0.3], [0.1]), ([0.3, 0.6], [0.1, 0.2]), ([0.05, 0.9], [0.15, 0.05]),
-         ([0.5, 0.2, 0.8], [0.2, 0.1, 0.3])]
+CASES = [
+    ([0.3], [0.1]),
+    ([0.3, 0.6], [0.1, 0.2]),
+    ([0.05, 0.9], [0.15, 0.05]),
+    ([0.5, 0.2, 0.8], [0.2, 0.1, 0.3]),
+]
 
 
 def test_gauss_legendre_1d_integrates_polynomials_exactly():
@@ -35,7 +39,7 @@ def test_gauss_legendre_1d_integrates_polynomials_exactly():
 
 
 def test_shifted_rule_is_a_permutation_modulo_one():
-    x0, w0 = gauss_legendre_1d(4, 2)
+    _, w0 = gauss_legendre_1d(4, 2)
     x1, w1 = gauss_legendre_1d(4, 2, shift=0.3)
     assert torch.all((x1 >= 0) & (x1 < 1))
     assert torch.allclose(w0, w1)

@@ -260,7 +260,6 @@ def main() -> None:
     app()
 
 
-
 # --- certify & studies (issue 4) ---
 @app.command()
 def certify(

@@ -74,17 +74,19 @@ class SplineEnergy(LinearEnergy):
     def interval_bounds(self, lo: torch.Tensor, hi: torch.Tensor, chunk: int = 4096):
         r"""Sound bounds of V over boxes, using only the basis functions active on each box.
 
-        Basis j is active on [a, b] iff its support :math:`(t_j, t_j + 4h)` meets it, i.e.
-        :math:`\lfloor a/hfloor \le j \le \lceil b/hceil + 2`; a window of W active
-        indices per axis is gathered (W ≤ 5 for boxes narrower than a knot interval), so the
-        cost is :math:`W^d` per box, not :math:`K^d`.  Two sound enclosures are intersected:
+                Basis j is active on [a, b] iff its support :math:`(t_j, t_j + 4h)` meets it, i.e.
+                :math:`\lfloor a/h
+        floor \le j \le \lceil b/h
+        ceil + 2`; a window of W active
+                indices per axis is gathered (W ≤ 5 for boxes narrower than a knot interval), so the
+                cost is :math:`W^d` per box, not :math:`K^d`.  Two sound enclosures are intersected:
 
-        * convex hull (partition of unity, non-negative basis): min/max of the active θ_j;
-        * interval product around the hull's midpoint c: :math:`V = c + \sum_j (	heta_j - c)
-          \prod_i B_{j_i}`, with exact 1-D ranges of each :math:`B_{j_i}` — this one shrinks
-          linearly with the box.
+                * convex hull (partition of unity, non-negative basis): min/max of the active θ_j;
+                * interval product around the hull's midpoint c: :math:`V = c + \sum_j (	heta_j - c)
+                  \prod_i B_{j_i}`, with exact 1-D ranges of each :math:`B_{j_i}` — this one shrinks
+                  linearly with the box.
 
-        Round-off (the partition of unity holds to a few ulps) is covered by a widening.
+                Round-off (the partition of unity holds to a few ulps) is covered by a widening.
         """
         T = self.effective_coef().detach()
         lo, hi = lo.to(T.dtype), hi.to(T.dtype)

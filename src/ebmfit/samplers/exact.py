@@ -115,7 +115,9 @@ def build_envelope(
         vlo = torch.cat([vlo[keep], cvlo])
         vhi = torch.cat([vhi[keep], cvhi])
     if not torch.isfinite(vlo).all():
-        raise FloatingPointError("energy lower bound is not finite on some box; cannot sample exactly")
+        raise FloatingPointError(
+            "energy lower bound is not finite on some box; cannot sample exactly"
+        )
     log_mass = torch.log(torch.prod(hi - lo, -1)) - vlo
     env = Envelope(lo, hi, vlo, log_mass)
     if cache:
