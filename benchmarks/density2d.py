@@ -28,6 +28,7 @@ from ebmfit.datasets import TARGETS, load_target
 
 METHODS = {
     "ebmfit": lambda seed: EnergyDensity(low=0.0, high=1.0, random_state=seed),
+    "ebmfit-gmmbase": lambda seed: EnergyDensity(base="gmm", low=0.0, high=1.0, random_state=seed),
     "ebmfit-legendre": lambda seed: EnergyDensity("legendre", low=0.0, high=1.0, random_state=seed),
     "ebmfit-cosine": lambda seed: EnergyDensity("cosine", low=0.0, high=1.0, random_state=seed),
     "ebmfit-mlp": lambda seed: EnergyDensity("mlp", low=0.0, high=1.0, random_state=seed),
@@ -44,7 +45,7 @@ def kl_estimate(target, model, X_test) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--targets", nargs="*", default=list(TARGETS))
-    ap.add_argument("--methods", nargs="*", default=["ebmfit", "kde", "gmm"])
+    ap.add_argument("--methods", nargs="*", default=["ebmfit", "ebmfit-gmmbase", "kde", "gmm"])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--n-train", type=int, default=5000)
     ap.add_argument("--n-test", type=int, default=50000)

@@ -17,15 +17,30 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .base import TruncatedGMMBase, Uniform
 from .domain import Box, DataError, check_matrix
 from .energies import FAMILIES, CosineEnergy, Energy, LegendreEnergy, MLPEnergy, SplineEnergy
 from .model import EnergyModel
 from .partition.quadrature import MAX_DIM
-from .training import ImportanceNegatives, ShiftedGridNegatives, fit_convex, fit_sgd
+from .training import (
+    ImportanceNegatives,
+    PersistentChains,
+    ShiftedGridNegatives,
+    ShortRunChains,
+    fit_convex,
+    fit_sgd,
+)
 
-__all__ = ["EnergyDensity", "default_energy"]
+__all__ = ["NEGATIVE_PHASES", "EnergyDensity", "default_energy", "make_negative_phase"]
 
 MIN_SAMPLES = 10
+
+#: Names accepted by ``EnergyDensity(negative_phase=...)``.
+NEGATIVE_PHASES = ("auto", "exact", "pcd", "cd", "importance")
+
+#: Default persistent-chain and short-run settings above d = 3 (see :func:`make_negative_phase`).
+PCD_CHAINS, PCD_STEPS, PCD_REINIT = 512, 5, 0.25
+CD_CHAINS, CD_STEPS = 512, 10
 
 
 def default_energy(family: str, dim: int, params: dict | None = None) -> Energy:
@@ -43,11 +58,41 @@ def default_energy(family: str, dim: int, params: dict | None = None) -> Energy:
         params.setdefault("n_freq", {1: 64, 2: 40, 3: 16}.get(dim, 4))
         return CosineEnergy(dim, **params)
     if family == "mlp":
+        if dim > MAX_DIM:
+            # frequencies ~ N(0, s²) per axis have norm ≈ s√d: keep the norm at the 2-D value
+            params.setdefault("fourier_scale", 3.0 * math.sqrt(2.0 / dim))
         return MLPEnergy(dim, **params)
     raise ValueError(
         f"unknown energy {family!r}: use 'auto', one of {sorted(set(FAMILIES) - {'quadratic'})}, "
         "or pass an Energy instance"
     )
+
+
+def make_negative_phase(name: str, dim: int, base, U_train: torch.Tensor | None = None):
+    """The negative-phase strategy called ``name`` (see ``EnergyDensity(negative_phase=...)``).
+
+    ``"auto"`` is ``"exact"`` for d ≤ 3 and ``"pcd"`` above.  ``"exact"``: randomly shifted
+    tensor quadrature (d ≤ 3 only).  ``"pcd"``: 512 persistent reflected-MALA chains, 5
+    transitions per step, a quarter of them offered a Metropolis restart from the base per
+    step.  ``"cd"``: CD-10, 512 short-run MALA chains started at data rows.  ``"importance"``:
+    self-normalised importance sampling from the base (8192 draws per step).
+    """
+    if name == "auto":
+        name = "exact" if dim <= MAX_DIM else "pcd"
+    if name == "exact":
+        if dim > MAX_DIM:
+            raise ValueError(
+                f"negative_phase='exact' (tensor quadrature) is limited to d <= {MAX_DIM}, got "
+                f"d={dim}; use 'pcd', 'cd' or 'importance'"
+            )
+        return ShiftedGridNegatives(dim, base=base)
+    if name == "pcd":
+        return PersistentChains(dim, PCD_CHAINS, "mala", PCD_STEPS, PCD_REINIT, base)
+    if name == "cd":
+        return ShortRunChains(dim, CD_CHAINS, CD_STEPS, "data", U_train, "mala", base)
+    if name == "importance":
+        return ImportanceNegatives(dim, base=base)
+    raise ValueError(f"unknown negative_phase {name!r}: use one of {NEGATIVE_PHASES}")
 
 
 def _resolve_device(device) -> torch.device:
@@ -75,16 +120,38 @@ class EnergyDensity(DensityMixin, BaseEstimator):
     validation_fraction : float, default=0.2
         Held out for choosing the penalty (linear energies) or early stopping (MLP).
     max_iter : int, optional
-        L-BFGS iterations per penalty value (linear) or Adam steps (MLP; default 2000).
+        L-BFGS iterations per penalty value on the path (linear; default 100, and 10× that for
+        the final refit) or Adam steps (MLP; default 2000).
     lr : float, default=2e-3
         Adam learning rate (MLP).
-    log_partition : {"auto", "quadrature", "qmc"}, default="auto"
+    log_partition : {"auto", "quadrature", "qmc", "ais", "importance"}, default="auto"
         The rule that computes ``log_partition_`` after fitting (independent of training).
+        ``"auto"``: tensor quadrature for d ≤ 3, annealed importance sampling from the base
+        above (a stochastic lower bound, E[log Ẑ] ≤ log Z, with its
+        standard error; see :func:`ebmfit.partition.log_partition_ais`).
     random_state : int, RandomState or None
     device : str or torch.device, optional
         Default: CUDA when available, else CPU.
     verbose : bool, default=False
         Show a progress bar with the validation NLL.
+    negative_phase : {"auto", "exact", "pcd", "cd", "importance"} or strategy, default="auto"
+        How the fit estimates E_model[∇V] (MLP and other
+        SGD-fitted energies; see :mod:`ebmfit.training.negatives`): ``"auto"`` is exact
+        shifted-grid quadrature for d ≤ 3 and persistent MALA chains (``"pcd"``) above;
+        ``"cd"`` is CD-10 from the data (biased, cheap); ``"importance"`` is self-normalised
+        importance sampling from the base.  Linear energies with ``"auto"``/``"exact"`` are
+        fitted by the convex solver; with another choice by SGD.  A strategy object
+        (``strategy(energy, generator) -> Negatives``) is used as given (copied).
+    base : {"auto", "uniform", "gmm"}, default="auto"
+        The base measure P of p ∝ e^(−V) dP.  ``"auto"`` is ``"uniform"`` for d ≤ 3 (where
+        the exact convex fit needs no help) and ``"gmm"`` above (measured in
+        ``benchmarks/density_nd.py``).  ``"gmm"`` first fits a
+        :class:`~ebmfit.base.TruncatedGMMBase` (diagonal Gaussian mixture truncated to the box,
+        components by BIC, exact normalizer and sampler) to the training split, so V only
+        learns a correction; chains, importance sampling and AIS then start from it.  With a
+        linear energy (d ≤ 3) the convex fit penalises V towards the base (a parametric start
+        with a nonparametric correction); above d = 3 ``"auto"`` becomes the MLP, with
+        Fourier-feature scale 0.5 (a correction to a fitted base is smooth).
 
     Attributes
     ----------
@@ -93,6 +160,10 @@ class EnergyDensity(DensityMixin, BaseEstimator):
     energy_ : Energy
     log_partition_ : LogZ
         log Z (on the unit cube) with its error estimate, method and cost.
+    base_ : BaseMeasure
+        The base measure used (on the unit cube).
+    fit_warnings_ : list of dict
+        What the training stability monitor reported (:class:`~ebmfit.training.FitWarning`).
     n_iter_ : int
     history_ : list of dict
     n_features_in_ : int
@@ -115,6 +186,8 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         random_state=None,
         device=None,
         verbose=False,
+        negative_phase="auto",
+        base="auto",
     ):
         self.energy = energy
         self.energy_params = energy_params
@@ -129,23 +202,30 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
+        self.negative_phase = negative_phase
+        self.base = base
 
     # ------------------------------------------------------------------ helpers
     def _make_box(self, X: np.ndarray) -> Box:
         d = X.shape[1]
+        # a constant column has no density (its MLE is a point mass), whatever the box
+        const = np.flatnonzero(np.ptp(X, axis=0) == 0)
+        if const.size:
+            raise DataError(
+                f"X: column(s) {const.tolist()} are constant; a density on them is degenerate "
+                "(drop them)"
+            )
         if self.low is None and self.high is None:
-            const = np.flatnonzero(np.ptp(X, axis=0) == 0)
-            if const.size:
-                raise DataError(
-                    f"X: column(s) {const.tolist()} are constant; a density on them is degenerate "
-                    "(drop them, or give low=/high= explicitly)"
-                )
             return Box.from_data(X, self.margin)
         if self.low is None or self.high is None:
             raise ValueError("give both low and high, or neither (bounds from the data)")
-        low = np.broadcast_to(np.asarray(self.low, dtype=np.float64), (d,))
-        high = np.broadcast_to(np.asarray(self.high, dtype=np.float64), (d,))
-        return Box(low, high)
+        bounds = []
+        for name, v in (("low", self.low), ("high", self.high)):
+            v = np.asarray(v, dtype=np.float64)
+            if v.ndim > 1 or v.size not in (1, d):
+                raise ValueError(f"{name} has {v.size} values but X has {d} column(s)")
+            bounds.append(np.broadcast_to(v.reshape(-1), (d,)))
+        return Box(*bounds)
 
     def _check_X(self, X, *, reset: bool) -> np.ndarray:
         # scikit-learn's validation first (sparse, complex, object, empty input; feature names),
@@ -181,13 +261,28 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         seed = int(rng.randint(0, 2**31 - 1))
         device = _resolve_device(self.device)
         gen = torch.Generator(device=device).manual_seed(seed)
+        if self.base not in ("auto", "uniform", "gmm"):
+            raise ValueError(f"base must be 'auto', 'uniform' or 'gmm', got {self.base!r}")
+        base_name = self.base
+        if base_name == "auto":
+            base_name = "uniform" if X.shape[1] <= MAX_DIM else "gmm"
+        phase = self.negative_phase
+        if isinstance(phase, str) and phase not in NEGATIVE_PHASES:
+            raise ValueError(f"unknown negative_phase {phase!r}: use one of {NEGATIVE_PHASES}")
+        if not isinstance(phase, str) and not callable(phase):
+            raise ValueError("negative_phase must be a name or a callable strategy")
         if isinstance(self.energy, Energy):
             energy = self._copy_energy(self.energy)
         else:
             params = dict(self.energy_params or {})
-            if self.energy in ("mlp",) or (self.energy == "auto" and d > MAX_DIM):
+            family = self.energy
+            if family == "auto" and base_name == "gmm" and d > MAX_DIM:
+                family = "mlp"
+            if family in ("mlp",) or (family == "auto" and d > MAX_DIM):
                 params.setdefault("seed", seed)
-            energy = default_energy(self.energy, d, params)
+                if base_name == "gmm":
+                    params.setdefault("fourier_scale", 0.5)
+            energy = default_energy(family, d, params)
         if energy.dim != d:
             raise ValueError(f"energy has dim {energy.dim} but X has {d} columns")
         energy = energy.to(device)
@@ -195,36 +290,67 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         perm = torch.as_tensor(rng.permutation(X.shape[0]), device=device)
         n_val = max(1, int(round(self.validation_fraction * X.shape[0])))
         U_val, U_tr = U[perm[:n_val]], U[perm[n_val:]]
-        if energy.is_linear:
+        convex = energy.is_linear and phase in ("auto", "exact")
+        if base_name == "gmm":
+            base = TruncatedGMMBase.fit(U_tr.cpu().numpy(), random_state=seed % (2**31))
+        else:
+            base = Uniform(d)
+        if convex:
+            it = self.max_iter or 100
             res = fit_convex(
-                energy, U_tr, U_val, max_iter=self.max_iter or 300, progress=self.verbose
+                energy,
+                U_tr,
+                U_val,
+                max_iter=it,
+                refit_max_iter=10 * it,
+                base=base,
+                progress=self.verbose,
             )
         else:
-            neg = ShiftedGridNegatives(d) if d <= MAX_DIM else ImportanceNegatives(d)
+            if isinstance(phase, str):
+                neg = make_negative_phase(phase, d, base, U_tr)
+            else:
+                neg = self._copy_energy(phase)
+            mc = not isinstance(neg, ShiftedGridNegatives)
             res = fit_sgd(
                 energy,
                 U_tr,
                 U_val,
                 neg,
+                base=base,
                 max_iter=self.max_iter or 2000,
                 lr=self.lr,
+                batch_size=1024 if mc else None,
                 generator=gen,
                 progress=self.verbose,
             )
         energy.eval()
         self.energy_ = energy
         self.domain_ = box
-        self.model_ = EnergyModel(energy, box)
-        method = self.log_partition
-        kwargs = (
-            {"random_state": seed} if method == "qmc" or (method == "auto" and d > MAX_DIM) else {}
-        )
-        self.log_partition_ = self.model_.log_partition(method=method, **kwargs)
+        self.base_ = base
+        self.model_ = EnergyModel(energy, box, base)
+        self.log_partition_ = self._log_partition(self.log_partition, seed, device)
         self.n_iter_ = res.n_iter
         self.history_ = res.history
         self.stop_reason_ = res.stop_reason
+        self.fit_warnings_ = list(getattr(res, "warnings", []))
         self.fit_time_ = time.perf_counter() - t0
         return self
+
+    def _log_partition(self, method: str, seed: int, device):
+        d = self.model_.dim
+        if method == "auto":
+            method = "quadrature" if d <= MAX_DIM else "ais"
+        if method in ("ais", "importance"):
+            from .partition import log_partition_ais, log_partition_importance
+
+            gen = torch.Generator(device=device).manual_seed(seed + 1)
+            fn = log_partition_ais if method == "ais" else log_partition_importance
+            lz = fn(self.energy_, self.base_, generator=gen).logz
+            self.model_.log_partition_ = lz
+            return lz
+        kwargs = {"random_state": seed} if method == "qmc" else {}
+        return self.model_.log_partition(method=method, **kwargs)
 
     @staticmethod
     def _copy_energy(energy: Energy) -> Energy:
@@ -247,7 +373,16 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         return float(np.mean(self.score_samples(X)))
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
-        """Exact samples from the fitted density, shape (n_samples, n_features)."""
+        """Samples from the fitted density, shape (n_samples, n_features).
+
+        Exact (i.i.d.) for the uniform base when d ≤ 3 (rejection from an adaptive box
+        envelope with sound energy bounds).  Otherwise exact rejection (from the base, or from
+        the box envelope) is used when its acceptance rate, predicted from the sound bounds and
+        ``log_partition_``, is at least 1e-3; else MCMC: 256 reflected MALA chains started
+        from the base, 500 burn-in transitions with dual-averaging step size and diagonal mass
+        adaptation (discarded), then one draw every 5 transitions per chain.
+        ``model_.last_sample_info`` says which was used (and R-hat for MCMC).
+        """
         check_is_fitted(self, "model_")
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -279,14 +414,19 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         from .io import load_model_with_extra
 
         model, extra = load_model_with_extra(path)
-        est = cls(energy=model.energy_fn.family)
+        est = cls(
+            energy=model.energy_fn.family,
+            base="uniform" if isinstance(model.base, Uniform) else "gmm",
+        )
         est.model_ = model
+        est.base_ = model.base
         est.energy_ = model.energy_fn
         est.domain_ = model.domain
         est.log_partition_ = model.log_partition_
         est.n_features_in_ = model.dim
         est.n_iter_ = int(extra.get("n_iter", 0))
         est.history_ = []
+        est.fit_warnings_ = []
         est.stop_reason_ = extra.get("stop_reason", "loaded")
         est.fit_time_ = float(extra.get("fit_time", math.nan))
         if "feature_names" in extra:

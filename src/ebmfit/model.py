@@ -20,7 +20,24 @@ from .partition.quadrature import MAX_DIM, log_partition_quadrature
 from .partition.result import LogZ
 from .samplers.exact import sample_exact
 
-__all__ = ["EnergyModel"]
+__all__ = ["EnergyModel", "potential"]
+
+
+def potential(energy, base: BaseMeasure):
+    r"""The model's potential on the cube, :math:`U(u) = V(u) - \log p(u)` (float64 out).
+
+    :math:`e^{-U}` is the unnormalized density of :math:`e^{-V}\,dP/Z` with respect to
+    Lebesgue measure (:math:`p = dP/du`; the base term vanishes for the uniform base); MCMC
+    kernels target it.  Shape (n, d) → (n,), differentiable in u.
+    """
+    dt = energy.param_dtype()
+    uniform = isinstance(base, Uniform)
+
+    def fn(u: torch.Tensor) -> torch.Tensor:
+        v = energy(u.to(dt)).to(torch.float64)
+        return v if uniform else v - base.log_prob(u)
+
+    return fn
 
 
 class EnergyModel:
@@ -107,12 +124,138 @@ class EnergyModel:
         return np.where(inside, lp, -np.inf)
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> np.ndarray:
-        """``n`` exact samples (numpy, shape (n, d)) in user coordinates (uniform base)."""
-        if not isinstance(self.base, Uniform):
-            raise NotImplementedError("exact sampling is implemented for the uniform base")
-        u, _ = sample_exact(self.energy_fn, int(n), generator=generator)
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        method: str = "auto",
+        burn_in: int = 500,
+        thin: int = 5,
+        n_chains: int = 256,
+        min_acceptance: float = 1e-3,
+    ) -> np.ndarray:
+        r"""``n`` samples (numpy, shape (n, d)) in user coordinates.
+
+        ``method``:
+
+        - ``"exact"``: i.i.d. draws by rejection with *sound* energy bounds (no approximation).
+          Uniform base: the adaptive box envelope of :func:`ebmfit.samplers.exact.sample_exact`.
+          Any other base P: propose :math:`u \sim P` and accept with probability
+          :math:`e^{\underline V - V(u)}`, :math:`\underline V` a sound lower bound of V over
+          the cube (interval arithmetic on a box partition); the acceptance rate is
+          :math:`Z e^{\underline V}`.
+        - ``"mcmc"``: ``min(n_chains, n)`` reflected MALA chains (an exact kernel on the cube)
+          started from the base P; ``burn_in`` warm-up transitions with dual-averaging step
+          size and diagonal mass adaptation are discarded, then every chain contributes one
+          draw every ``thin`` transitions.  Approximate: draws are exact only once the chains
+          have forgotten P; ``last_sample_info`` holds the acceptance rate and split R-hat.
+        - ``"auto"``: exact when the base is uniform and d ≤ 3 (as always); otherwise exact
+          rejection when its acceptance rate (predicted from ``log_partition_`` and the bound)
+          is at least ``min_acceptance``, else MCMC.  ``last_sample_info["method"]`` says which.
+
+        Raises ``ValueError`` for an unknown method and ``NotImplementedError`` when
+        ``"exact"`` is asked for an energy without sound interval bounds.
+        """
+        n = int(n)
+        if method not in ("auto", "exact", "mcmc"):
+            raise ValueError(f"unknown sampling method {method!r}: use 'auto', 'exact' or 'mcmc'")
+        uniform = isinstance(self.base, Uniform)
+        if method == "auto":
+            if uniform and self.dim <= MAX_DIM:
+                method = "exact"
+            else:
+                method = "exact" if self._rejection_rate() >= min_acceptance else "mcmc"
+        if method == "exact":
+            if uniform:
+                u, info = sample_exact(self.energy_fn, n, generator=generator)
+                self.last_sample_info = {"method": "exact", **info._asdict()}
+            else:
+                u = self._sample_rejection_from_base(n, generator)
+        else:
+            u = self._sample_mcmc(n, generator, burn_in, thin, n_chains)
         return self.domain.from_unit(u).cpu().numpy()
+
+    def _lower_bound(self) -> float:
+        """A sound lower bound of V over the unit cube (interval arithmetic, box partition)."""
+        from .samplers.exact import build_envelope
+
+        return float(build_envelope(self.energy_fn).vlo.min())
+
+    def _rejection_rate(self) -> float:
+        """Predicted acceptance rate of exact rejection (0 when V has no sound bounds)."""
+        from .samplers.exact import build_envelope, log_partition_from_envelope
+
+        try:
+            if isinstance(self.base, Uniform):
+                log_env = log_partition_from_envelope(build_envelope(self.energy_fn))
+            else:
+                log_env = -self._lower_bound()
+        except NotImplementedError:
+            return 0.0
+        if self.log_partition_ is None:
+            self.log_partition()
+        return float(np.exp(min(0.0, self.log_partition_.value - log_env)))
+
+    @torch.no_grad()
+    def _sample_rejection_from_base(self, n: int, generator) -> torch.Tensor:
+        vmin = self._lower_bound()
+        dev, dt = self.energy_fn.param_device(), self.energy_fn.param_dtype()
+        out, n_acc, n_prop = [], 0, 0
+        while n_acc < n:
+            if n_prop >= 200_000_000:
+                raise RuntimeError(
+                    f"rejection from the base: only {n_acc} of {n} samples after {n_prop} "
+                    "proposals; use method='mcmc'"
+                )
+            m = max(1024, min(65536, 2 * (n - n_acc)))
+            u = self.base.sample(m, generator=generator, device=dev)
+            V = self.energy_fn(u.to(dt)).to(torch.float64)
+            log_acc = vmin - V
+            if (log_acc > 1e-9 * (1 + V.abs())).any():
+                raise AssertionError("energy lower bound violated: unsound interval bounds")
+            r = torch.rand(m, generator=generator, dtype=torch.float64, device=dev)
+            keep = r.log() < log_acc
+            out.append(u[keep])
+            n_acc += int(keep.sum())
+            n_prop += m
+        self.last_sample_info = {
+            "method": "exact",
+            "n_proposed": n_prop,
+            "n_accepted": n_acc,
+            "acceptance_rate": n_acc / n_prop,
+        }
+        return torch.cat(out)[:n]
+
+    def _sample_mcmc(self, n: int, generator, burn_in: int, thin: int, n_chains: int):
+        from .samplers import run_chains, split_rhat
+
+        dev = self.energy_fn.param_device()
+        if generator is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()))
+            generator = torch.Generator(device=dev).manual_seed(seed)
+        chains = max(1, min(int(n_chains), n))
+        per_chain = -(-n // chains)
+        u0 = self.base.sample(chains, generator=generator, device=dev)
+        fn = potential(self.energy_fn, self.base)
+        draws, info = run_chains(
+            "mala", fn, u0, per_chain * int(thin), generator, warmup=int(burn_in), thin=int(thin)
+        )
+        rhat = None
+        if per_chain >= 4 and chains >= 2:
+            rhat = float(np.nanmax(split_rhat(draws)))
+        self.last_sample_info = {
+            "method": "mcmc",
+            "kernel": "mala",
+            "n_chains": chains,
+            "burn_in": int(burn_in),
+            "thin": int(thin),
+            "acceptance_rate": info["acceptance_rate"],
+            "step_size": info["step_size"],
+            "divergences": info["divergences"],
+            "rhat_max": rhat,
+        }
+        return draws.transpose(0, 1).reshape(-1, self.dim)[:n]
 
     def __repr__(self) -> str:
         return (
