@@ -150,9 +150,10 @@ class EnergyModel:
           size and diagonal mass adaptation are discarded, then every chain contributes one
           draw every ``thin`` transitions.  Approximate: draws are exact only once the chains
           have forgotten P; ``last_sample_info`` holds the acceptance rate and split R-hat.
-        - ``"auto"``: exact when the base is uniform and d ≤ 3 (as always); otherwise exact
-          rejection when its acceptance rate (predicted from ``log_partition_`` and the bound)
-          is at least ``min_acceptance``, else MCMC.  ``last_sample_info["method"]`` says which.
+        - ``"auto"``: exact rejection when its acceptance rate (predicted from
+          ``log_partition_`` and the sound bounds) is at least ``min_acceptance`` — always the
+          case for the linear energies, whose bounds are tight — else MCMC (e.g. MLP energies,
+          whose interval bounds can be too loose).  ``last_sample_info["method"]`` says which.
 
         Raises ``ValueError`` for an unknown method and ``NotImplementedError`` when
         ``"exact"`` is asked for an energy without sound interval bounds.
@@ -162,10 +163,7 @@ class EnergyModel:
             raise ValueError(f"unknown sampling method {method!r}: use 'auto', 'exact' or 'mcmc'")
         uniform = isinstance(self.base, Uniform)
         if method == "auto":
-            if uniform and self.dim <= MAX_DIM:
-                method = "exact"
-            else:
-                method = "exact" if self._rejection_rate() >= min_acceptance else "mcmc"
+            method = "exact" if self._rejection_rate() >= min_acceptance else "mcmc"
         if method == "exact":
             if uniform:
                 u, info = sample_exact(self.energy_fn, n, generator=generator)

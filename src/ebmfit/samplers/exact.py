@@ -65,8 +65,8 @@ def build_envelope(
     *,
     cells: int | None = None,
     target_acceptance: float = 0.3,
-    max_boxes: int = 100_000,
-    max_rounds: int = 16,
+    max_boxes: int = 20_000,
+    max_rounds: int = 400,
     cache: bool = True,
 ) -> Envelope:
     r"""Adaptive box partition with sound energy lower bounds (see module docstring).
@@ -99,6 +99,7 @@ def build_envelope(
         order = torch.argsort(slack, descending=True)
         cum = torch.cumsum(slack[order], 0) / slack.sum()
         k = int(torch.searchsorted(cum, torch.tensor(0.5, dtype=cum.dtype, device=dev))) + 1
+        k = max(k, min(64, lo.shape[0]))  # a few boxes hold all the slack: keep splitting deep
         k = min(k, (max_boxes - lo.shape[0]) // (2**d - 1))
         if k <= 0:
             break
