@@ -18,7 +18,21 @@ from scipy.stats import qmc
 from ..base import BaseMeasure, Uniform
 from .result import LogZ
 
-__all__ = ["log_partition_qmc"]
+__all__ = ["log_integrand", "log_partition_qmc"]
+
+
+@torch.no_grad()
+def log_integrand(energy, base: BaseMeasure, u: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    r""":math:`-V(u) + \log p(u)` at points u of the cube (shape (n, d)) → (n,) float64, by chunks."""
+    dev, dt = energy.param_device(), energy.param_dtype()
+    parts = []
+    for c in u.split(chunk):
+        c = c.to(device=dev)
+        li = -energy(c.to(dt)).to(torch.float64)
+        if not isinstance(base, Uniform):
+            li = li + base.log_prob(c)
+        parts.append(li)
+    return torch.cat(parts)
 
 
 def log_partition_qmc(
@@ -40,18 +54,10 @@ def log_partition_qmc(
     rng = np.random.default_rng(random_state)
     m = int(math.log2(n_points))
     log_zr = []
-    dev, dt = energy.param_device(), energy.param_dtype()
     with torch.no_grad():
         for _ in range(n_rep):
             u = torch.as_tensor(qmc.Sobol(d, scramble=True, seed=rng).random_base2(m))
-            parts = []
-            for c in u.split(chunk):
-                c = c.to(device=dev)
-                li = -energy(c.to(dt)).to(torch.float64)
-                if not isinstance(base, Uniform):
-                    li = li + base.log_prob(c)
-                parts.append(li)
-            li = torch.cat(parts)
+            li = log_integrand(energy, base, u, chunk)
             log_zr.append(float(torch.logsumexp(li, 0)) - math.log(n_points))
     log_zr = np.asarray(log_zr)
     if not np.all(np.isfinite(log_zr)):

@@ -65,6 +65,7 @@ from ..checkpoint import (
 )
 from ..partition.ais import AISResult, log_partition_ais
 from ..partition.importance import log_weight_stats
+from ..partition.qmc import log_integrand
 from ..partition.quadrature import MAX_DIM, default_resolution, gauss_legendre_1d
 from ..partition.result import LogZ
 from .fit import FitError, FitResult
@@ -451,7 +452,6 @@ def log_partition_qmc_distributed(
         raise TypeError("random_state must be an int shared by all ranks")
     rng = np.random.default_rng(0 if random_state is None else int(random_state))
     s, e = partition_range(n_points, ctx.rank, ctx.world_size)
-    dev, dt = energy.param_device(), energy.param_dtype()
     local = torch.full((n_rep,), -math.inf, dtype=torch.float64)
     for r in range(n_rep):
         sob = qmc.Sobol(d, scramble=True, seed=rng)
@@ -459,14 +459,7 @@ def log_partition_qmc_distributed(
             if s:
                 sob.fast_forward(s)
             u = torch.as_tensor(sob.random(e - s))
-            parts = []
-            for c in u.split(chunk):
-                c = c.to(device=dev)
-                li = -energy(c.to(dt)).to(torch.float64)
-                if not isinstance(base, Uniform):
-                    li = li + base.log_prob(c)
-                parts.append(li)
-            local[r] = torch.logsumexp(torch.cat(parts), 0).cpu()
+            local[r] = torch.logsumexp(log_integrand(energy, base, u, chunk), 0).cpu()
     log_zr = all_gather_logsumexp(local, ctx).cpu().numpy() - math.log(n_points)
     if not np.all(np.isfinite(log_zr)):
         raise FloatingPointError("log Z is not finite at the QMC points")
