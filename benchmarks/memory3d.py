@@ -59,8 +59,9 @@ def main() -> None:
             f"{r['peak_rss_mb']:.0f} |"
         )
     table = "\n".join(lines) + (
-        "\n\nDefault 3-D fits on n = 5000 (a 4-component mixture), then 20 000 exact samples, "
-        "each in a fresh process; peak RSS includes the Python interpreter and torch "
+        "\n\nDefault 3-D fits on n = 5000 (a 4-component mixture), then 20 000 samples (exact "
+        "rejection for the spline, the MCMC fallback for the MLP whose interval bounds are too "
+        "loose), each in a fresh process; peak RSS includes the Python interpreter and torch "
         "(≈ 300–400 MB by themselves). The two MLP rows differ only in the number of "
         "training steps: equal peaks mean memory does not grow with training.\n"
     )
