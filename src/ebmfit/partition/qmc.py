@@ -18,7 +18,7 @@ from scipy.stats import qmc
 from ..base import BaseMeasure, Uniform
 from .result import LogZ
 
-__all__ = ["log_integrand", "log_partition_qmc"]
+__all__ = ["combine_replicates", "log_integrand", "log_partition_qmc"]
 
 
 @torch.no_grad()
@@ -33,6 +33,18 @@ def log_integrand(energy, base: BaseMeasure, u: torch.Tensor, chunk: int = 65536
             li = li + base.log_prob(c)
         parts.append(li)
     return torch.cat(parts)
+
+
+def combine_replicates(log_zr: np.ndarray, n_points: int) -> LogZ:
+    r""":class:`LogZ` from R replicate estimates :math:`\log\hat Z_r` (shape (R,)) of
+    ``n_points`` points each: log of their mean, SE by the delta method (module docstring)."""
+    if not np.all(np.isfinite(log_zr)):
+        raise FloatingPointError("log Z is not finite at the QMC points")
+    shift = log_zr.max()
+    z = np.exp(log_zr - shift)
+    value = shift + math.log(z.mean())
+    stderr = float(z.std(ddof=1) / (math.sqrt(log_zr.size) * z.mean()))
+    return LogZ(float(value), stderr, "sobol-qmc", n_points * log_zr.size, "lower")
 
 
 def log_partition_qmc(
@@ -59,11 +71,4 @@ def log_partition_qmc(
             u = torch.as_tensor(qmc.Sobol(d, scramble=True, seed=rng).random_base2(m))
             li = log_integrand(energy, base, u, chunk)
             log_zr.append(float(torch.logsumexp(li, 0)) - math.log(n_points))
-    log_zr = np.asarray(log_zr)
-    if not np.all(np.isfinite(log_zr)):
-        raise FloatingPointError("log Z is not finite at the QMC points")
-    shift = log_zr.max()
-    z = np.exp(log_zr - shift)
-    value = shift + math.log(z.mean())
-    stderr = float(z.std(ddof=1) / (math.sqrt(n_rep) * z.mean()))
-    return LogZ(float(value), stderr, "sobol-qmc", n_points * n_rep, "lower")
+    return combine_replicates(np.asarray(log_zr), n_points)

@@ -65,7 +65,7 @@ from ..checkpoint import (
 )
 from ..partition.ais import AISResult, log_partition_ais
 from ..partition.importance import log_weight_stats
-from ..partition.qmc import log_integrand
+from ..partition.qmc import combine_replicates, log_integrand
 from ..partition.quadrature import MAX_DIM, default_resolution, gauss_legendre_1d
 from ..partition.result import LogZ
 from .fit import FitError, FitResult
@@ -461,13 +461,7 @@ def log_partition_qmc_distributed(
             u = torch.as_tensor(sob.random(e - s))
             local[r] = torch.logsumexp(log_integrand(energy, base, u, chunk), 0).cpu()
     log_zr = all_gather_logsumexp(local, ctx).cpu().numpy() - math.log(n_points)
-    if not np.all(np.isfinite(log_zr)):
-        raise FloatingPointError("log Z is not finite at the QMC points")
-    shift = log_zr.max()
-    z = np.exp(log_zr - shift)
-    value = shift + math.log(z.mean())
-    stderr = float(z.std(ddof=1) / (math.sqrt(n_rep) * z.mean()))
-    return LogZ(float(value), stderr, "sobol-qmc", n_points * n_rep, "lower")
+    return combine_replicates(log_zr, n_points)
 
 
 def log_mean_exp_distributed(
