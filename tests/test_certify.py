@@ -22,6 +22,22 @@ from hypothesis import strategies as st
 
 from ebmfit import Box, EnergyModel
 from ebmfit.certify import (
+    MixtureEnergy,
+    gradient_bounds,
+    kl_bound,
+    kl_from_osc,
+    kl_quadrature,
+    oscillation_bounds,
+)
+from ebmfit.certify.pairs import value_bounds
+from ebmfit.energies import (
+    CosineEnergy,
+    LegendreEnergy,
+    MLPEnergy,
+    QuadraticEnergy,
+    SplineEnergy,
+)
+from ebmfit.energies.mlp_bounds import (
     _DDSILU_ARGMIN,
     _DDSILU_MIN,
     _DSILU_ARGMAX,
@@ -29,25 +45,11 @@ from ebmfit.certify import (
     _DSILU_MIN,
     _S3,
     _S4,
-    MixtureEnergy,
     _mlp_pair_intervals,
     _mlp_parts,
     _mlp_taylor,
     _tm_first_order,
     _tm_range,
-    _value_bounds,
-    gradient_bounds,
-    kl_bound,
-    kl_from_osc,
-    kl_quadrature,
-    oscillation_bounds,
-)
-from ebmfit.energies import (
-    CosineEnergy,
-    LegendreEnergy,
-    MLPEnergy,
-    QuadraticEnergy,
-    SplineEnergy,
 )
 
 F64 = torch.float64
@@ -142,7 +144,7 @@ def test_value_and_gradient_bounds_enclose_dense_evaluation(family, dim):
     v = e(pts.reshape(-1, dim)).reshape(pts.shape[:2])
     (g,) = torch.autograd.grad(v.sum(), pts)
     v = v.detach()
-    for vlo, vhi in (e.interval_bounds(lo, hi), _value_bounds(e, lo, hi, False)):
+    for vlo, vhi in (e.interval_bounds(lo, hi), value_bounds(e, lo, hi)):
         assert bool((vlo[:, None] <= v).all() and (v <= vhi[:, None]).all())
     glo, ghi = gradient_bounds(e, lo, hi)
     assert bool((glo[:, None] <= g).all() and (g <= ghi[:, None]).all())
@@ -150,7 +152,7 @@ def test_value_and_gradient_bounds_enclose_dense_evaluation(family, dim):
     # relies on it)
     c = (lo + hi) / 2
     scale = 1 + float(g.abs().max()) + float(v.abs().max())
-    vl2, vh2 = _value_bounds(e, c - 1e-6, c + 1e-6, False)
+    vl2, vh2 = value_bounds(e, c - 1e-6, c + 1e-6)
     gl2, gh2 = gradient_bounds(e, c - 1e-6, c + 1e-6)
     assert float((vh2 - vl2).max()) < 1e-4 * scale
     assert float((gh2 - gl2).max()) < 1e-3 * scale

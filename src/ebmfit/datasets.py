@@ -47,9 +47,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import integrate, special, stats
+
+if TYPE_CHECKING:
+    from .energies import Energy
 
 __all__ = [
     "REAL_DATASETS",
@@ -212,6 +216,11 @@ class Target:
         x = self._sample(n, _as_rng(random_state))
         return np.clip(x, 0.0, 1.0)  # a no-op for exact draws; guards float round-off only
 
+    def bounded_energy(self) -> Energy | None:
+        r""":math:`-\log q(x)` as an :class:`~ebmfit.energies.Energy` in x with sound interval
+        and gradient bounds (for certificates), or None when no analytic form is known."""
+        return None
+
     # subclasses implement these two
     def _log_prob_inside(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -292,6 +301,17 @@ class GaussianMixture(Target):
     def _log_prob_inside(self, x: np.ndarray) -> np.ndarray:
         d2 = ((x[:, None, :] - self.means[None, :, :]) ** 2).sum(axis=-1)
         return special.logsumexp(self._log_const[None, :] - 0.5 * d2 / self.std**2, axis=1)
+
+    def bounded_energy(self) -> Energy:
+        """A mixture of quadratic energies (exact interval and gradient rules)."""
+        from .energies import QuadraticEnergy
+        from .energies.mixture import MixtureEnergy
+
+        d, s = self.dim, float(self.std)
+        means = np.asarray(self.means, dtype=np.float64)
+        logmass = np.log(special.ndtr((1 - means) / s) - special.ndtr(-means / s)).sum(1)
+        lw = -math.log(len(means)) - d * math.log(math.sqrt(2 * math.pi) * s) - logmass
+        return MixtureEnergy([QuadraticEnergy(d, m, np.eye(d) / s**2) for m in means], lw)
 
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         k = rng.integers(self.n_modes, size=n)
@@ -450,6 +470,15 @@ class CorrelatedGaussian(_RejectionTarget):
     def _log_unnorm(self, x: np.ndarray) -> np.ndarray:
         d = x - np.asarray(self.mean)
         return -0.5 * np.einsum("ni,ij,nj->n", d, self._prec, d)
+
+    def bounded_energy(self) -> Energy:
+        """One quadratic energy (exact interval and gradient rules)."""
+        from .energies import QuadraticEnergy
+        from .energies.mixture import MixtureEnergy
+
+        prec = np.linalg.inv(np.asarray(self.cov, dtype=np.float64))
+        quad = QuadraticEnergy(self.dim, np.asarray(self.mean), prec)
+        return MixtureEnergy([quad], [-float(self.log_normalizer)])
 
 
 class Checkerboard(Target):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .base import Energy
+from .interval import EPS64, F64, Interval, mid_rad
 
 __all__ = ["CallableEnergy", "QuadraticEnergy"]
 
@@ -63,6 +64,16 @@ class QuadraticEnergy(Energy):
         vhi = 0.5 * torch.where(P >= 0, P * phi, P * plo).sum((-1, -2))
         tol = 16 * torch.finfo(torch.float64).eps * (1 + vlo.abs() + vhi.abs())
         return vlo - tol, vhi + tol
+
+    @torch.no_grad()
+    def gradient_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
+        """∇V = Λ(u − μ) is linear in u: exact ranges (centre-radius form)."""
+        P = ((self.precision + self.precision.T) / 2).detach().to(F64)
+        mu = self.mean.detach().to(F64)
+        c, r = mid_rad(lo.to(F64) - mu, hi.to(F64) - mu)
+        gc, gr = c @ P.T, r @ P.abs().T
+        tol = 8 * EPS64 * (c.abs() @ P.abs().T + gr) + 1e-300
+        return gc - gr - tol, gc + gr + tol
 
 
 class CallableEnergy(Energy):

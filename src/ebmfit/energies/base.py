@@ -8,8 +8,10 @@ Every family also provides
 
 * ``spec()``: a JSON-serialisable dict from which :func:`ebmfit.energies.make_energy`
   rebuilds the module (weights travel separately, in safetensors);
-* ``interval_bounds(lo, hi)``: *sound* bounds :math:`\underline V \le V(u) \le \overline V` for
-  all u in each box :math:`[lo_k, hi_k]`, shape (m, d) → two tensors of shape (m,).  Used by
+* the bounds protocol of :mod:`ebmfit.energies.interval`: ``interval_bounds(lo, hi)``, *sound*
+  bounds :math:`\underline V \le V(u) \le \overline V` for all u in each box
+  :math:`[lo_k, hi_k]`, shape (m, d) → two tensors of shape (m,), and ``gradient_bounds``,
+  ``first_order_bounds``, ``evaluation_error``, ``difference_rule`` (defaults here).  Used by
   the exact sampler and by the certificates; they must never be violated.
 
 Linear energies :math:`V_\theta(u) = \sum_{j\in J} \theta_j \prod_{i=1}^d b_{j_i}(u_i)` (a
@@ -19,10 +21,13 @@ and admit fast evaluation on tensor grids by mode products.
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import torch
 from torch import nn
+
+from .interval import EPS64, F64, DifferenceRule, FirstOrder, Interval, meet, mid_rad, tensor_range
 
 __all__ = ["Energy", "LinearEnergy"]
 
@@ -43,6 +48,33 @@ class Energy(nn.Module):
             f"{type(self).__name__} has no sound interval bounds; exact sampling and certificates "
             "need them"
         )
+
+    def gradient_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval | None:
+        """Sound enclosure of ∇V over boxes, shape (m, d) each, or None (no rule)."""
+        return None
+
+    def first_order_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> FirstOrder | None:
+        r"""The mean-value form :math:`V(u) \in V(c) + g\cdot(u - c)`, g in the gradient
+        enclosure, with V(c) enclosed by :meth:`interval_bounds` at the centre; None without
+        :meth:`gradient_bounds`."""
+        lo, hi = lo.to(F64), hi.to(F64)
+        g = self.gradient_bounds(lo, hi)
+        if g is None:
+            return None
+        c = (lo + hi) / 2
+        vl, vh = (t.to(F64) for t in self.interval_bounds(c, c))
+        return FirstOrder((vl + vh) / 2, g[0], g[1], (vh - vl) / 2)
+
+    def evaluation_error(
+        self, lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | float:
+        """Bound on |V evaluated in ``dtype`` − exact V| over boxes (0: the family's
+        ``interval_bounds`` carry their own allowance)."""
+        return 0.0
+
+    def difference_rule(self, other: Energy) -> DifferenceRule | None:
+        """Joint enclosures of ``other − self`` (no dependency problem), or None."""
+        return None
 
     @property
     def is_linear(self) -> bool:
@@ -246,6 +278,81 @@ class LinearEnergy(Energy):
             outs_lo.append(vlo)
             outs_hi.append(vhi)
         return _widen(torch.cat(outs_lo), torch.cat(outs_hi), T)
+
+    # --------------------------------------------------------------- derivative bounds
+    def basis1d_deriv_range(self, a: torch.Tensor, b: torch.Tensor) -> Interval:
+        """Sound range of each basis derivative b_k′ over [a, b], shape (m, K) each."""
+        raise TypeError(f"no derivative ranges for {type(self).__name__}")
+
+    def basis_sup(self) -> float:
+        """sup |b_k| over [0, 1] and k (for the evaluation-error allowance)."""
+        return 1.0
+
+    nested_bases = True  # a basis of K functions is the start of every larger one
+
+    @torch.no_grad()
+    def gradient_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
+        r""":math:`\partial_i V = \sum_j \theta_j b'_{j_i}(u_i)\prod_{k\ne i} b_{j_k}(u_k)`
+        enclosed by interval products of exact 1-D (derivative) ranges."""
+        lo, hi = lo.to(F64), hi.to(F64)
+        T = self.effective_coef().detach().to(F64)
+        vals = [self.basis1d_range(lo[:, i], hi[:, i]) for i in range(self.dim)]
+        ders = [self.basis1d_deriv_range(lo[:, i], hi[:, i]) for i in range(self.dim)]
+        out = [
+            tensor_range(T, [ders[j] if j == i else vals[j] for j in range(self.dim)])
+            for i in range(self.dim)
+        ]
+        return torch.stack([o[0] for o in out], -1), torch.stack([o[1] for o in out], -1)
+
+    def evaluation_error(self, lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype) -> float:
+        """Generous bound on the float64 round-off of evaluating the energy at a point."""
+        T = self.effective_coef().detach().to(F64)
+        bmax = self.basis_sup()
+        return float(64 * self.n_basis * self.dim * EPS64 * T.abs().sum() * bmax**self.dim)
+
+    def difference_rule(self, other: Energy) -> DifferenceRule | None:
+        """``other − self`` as one linear energy when both use the same basis (nested Legendre or
+        cosine bases are embedded in the larger one; splines need equal knots)."""
+        if type(other) is not type(self) or other.dim != self.dim:
+            return None
+        if not self.nested_bases and other.n_basis != self.n_basis:
+            return None
+        a, b = copy.deepcopy(self).to("cpu", F64), copy.deepcopy(other).to("cpu", F64)
+        big = a if a.n_basis >= b.n_basis else b
+        out = copy.deepcopy(big)
+        K, d = big.n_basis, big.dim
+
+        def embed(e: LinearEnergy) -> torch.Tensor:
+            T = torch.zeros([K] * d, dtype=F64)
+            T[tuple(slice(0, e.n_basis) for _ in range(d))] = e.effective_coef().detach()
+            return T
+
+        with torch.no_grad():
+            out.mask.fill_(1.0)
+            out.coef.copy_(embed(b) - embed(a))
+        return LinearDifference(out)
+
+
+class LinearDifference:
+    """The difference of two linear energies of one basis, as one linear energy: its own
+    intervals intersected with the mean-value form around the box centre."""
+
+    method = "difference energy: intervals ∩ mean-value form"
+
+    def __init__(self, diff: LinearEnergy):
+        self.diff = diff
+
+    def h(self, u: torch.Tensor) -> torch.Tensor:
+        return self.diff(u.to(F64))
+
+    @torch.no_grad()
+    def bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
+        l1, h1 = self.diff.interval_bounds(lo, hi)
+        c, r = mid_rad(lo, hi)
+        hcl, hch = self.diff.interval_bounds(c, c)
+        gl, gh = self.diff.gradient_bounds(lo, hi)
+        s = (torch.maximum(gl.abs(), gh.abs()) * r).sum(-1)
+        return meet(l1, h1, hcl - s, hch + s)
 
 
 def _widen(vlo: torch.Tensor, vhi: torch.Tensor, coef: torch.Tensor):

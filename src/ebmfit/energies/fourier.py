@@ -14,6 +14,7 @@ import math
 import torch
 
 from .base import LinearEnergy, multi_index_grid
+from .interval import Interval
 
 __all__ = ["CosineEnergy"]
 
@@ -47,6 +48,18 @@ class CosineEnergy(LinearEnergy):
         hi = torch.where(has_max, torch.ones_like(hi), hi)
         lo = torch.where(has_min, -torch.ones_like(lo), lo)
         return lo, hi
+
+    def basis1d_deriv_range(self, a: torch.Tensor, b: torch.Tensor) -> Interval:
+        """Range of d/dt cos(πkt) = −πk sin(πkt) over [a, b], with sin(πp) = cos(π(p − 1/2))."""
+        k = self._k[None].to(a.dtype)
+        pa, pb = k * a[:, None] - 0.5, k * b[:, None] - 0.5
+        ca, cb = torch.cos(math.pi * pa), torch.cos(math.pi * pb)
+        lo, hi = torch.minimum(ca, cb), torch.maximum(ca, cb)
+        hi = torch.where(torch.ceil(pa / 2) * 2 <= pb, torch.ones_like(hi), hi)
+        lo = torch.where(torch.ceil((pa - 1) / 2) * 2 + 1 <= pb, -torch.ones_like(lo), lo)
+        s = math.pi * k
+        tol = 1e-13 * (1 + s)
+        return -s * hi - tol, -s * lo + tol
 
     def penalty_weights(self) -> torch.Tensor:
         k = multi_index_grid(self.dim, self.n_basis).to(self.coef.dtype)

@@ -10,11 +10,14 @@ term is excluded (it is absorbed by log Z).  Roughness penalty: :math:`\sum_k \t
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from numpy.polynomial import legendre as npleg
 
 from .base import LinearEnergy, multi_index_grid, total_degree_mask
+from .interval import EPS64, F64, Interval
 
 __all__ = ["LegendreEnergy"]
 
@@ -64,6 +67,49 @@ class LegendreEnergy(LinearEnergy):
         hi = torch.maximum(hi, torch.where(inside, cv, -torch.inf).amax(-1))
         return lo, hi
 
+    def basis1d_deriv(self, t: torch.Tensor) -> torch.Tensor:
+        """d/dt of the scaled Legendre basis, shape (n, K)."""
+        x = 2 * t - 1
+        P = [torch.ones_like(x), x]
+        dP = [torch.zeros_like(x), torch.ones_like(x)]
+        for k in range(1, self.degree):
+            P.append(((2 * k + 1) * x * P[k] - k * P[k - 1]) / (k + 1))
+            dP.append(dP[k - 1] + (2 * k + 1) * P[k])
+        return 2 * torch.stack(dP[: self.n_basis], -1) * self._scale.to(t.dtype)
+
+    def basis1d_deriv_range(self, a: torch.Tensor, b: torch.Tensor) -> Interval:
+        """Range of each b_k′ over [a, b]: endpoints and the critical points of b_k′ inside."""
+        ends = torch.stack([self.basis1d_deriv(a), self.basis1d_deriv(b)])
+        lo, hi = ends.amin(0), ends.amax(0)
+        crit, cval = _deriv_critical_points(self.n_basis)
+        inside = (crit[None] >= a[:, None, None]) & (crit[None] <= b[:, None, None])
+        cv = cval[None].expand(a.shape[0], -1, -1)
+        lo = torch.minimum(lo, torch.where(inside, cv, torch.inf).amin(-1))
+        hi = torch.maximum(hi, torch.where(inside, cv, -torch.inf).amax(-1))
+        slack = 64 * EPS64 * self.n_basis**3
+        return lo - slack, hi + slack
+
+    def basis_sup(self) -> float:
+        return math.sqrt(2 * self.n_basis + 1)
+
     def penalty_weights(self) -> torch.Tensor:
         k = multi_index_grid(self.dim, self.n_basis).to(self.coef.dtype)
         return (k * (k + 1)).sum(-1) ** 2
+
+
+_DERIV_CRIT: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _deriv_critical_points(K: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Critical points on [0,1] of each basis derivative and the derivative's values there."""
+    if K not in _DERIV_CRIT:
+        crit = np.full((K, max(K - 3, 1)), np.nan)
+        cval = np.full((K, max(K - 3, 1)), np.nan)
+        for k in range(3, K):
+            c = np.zeros(k + 1)
+            c[k] = 1.0
+            r = np.real(npleg.legroots(npleg.legder(c, 2)))
+            crit[k, : r.size] = (r + 1) / 2
+            cval[k, : r.size] = 2 * np.sqrt(2 * k + 1) * npleg.legval(r, npleg.legder(c))
+        _DERIV_CRIT[K] = (torch.as_tensor(crit, dtype=F64), torch.as_tensor(cval, dtype=F64))
+    return _DERIV_CRIT[K]

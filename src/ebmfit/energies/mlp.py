@@ -7,9 +7,9 @@ with :math:`B \in \mathbb{R}^{m \times d}`, :math:`B_{ij} \sim \mathcal N(0, s^2
 (a fixed buffer, saved with the weights) and σ = SiLU.  Plain coordinate MLPs learn sharp
 modes very slowly (spectral bias); Fourier features with s ≈ 2–4 fix this on the unit cube.
 
-Sound interval bounds propagate boxes exactly through the affine maps (centre–radius form),
-through sin/cos (exact ranges) and through SiLU (decreasing then increasing, minimum at
-:math:`x^* \approx -1.2785`).
+Sound bounds (values, gradients, Taylor models, evaluation error, joint rules for pairs) come
+from one interval propagator, :mod:`ebmfit.energies.mlp_bounds`, shared by the exact sampler
+and the certificates.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import math
 import torch
 from torch import nn
 
+from . import mlp_bounds
 from .base import Energy
+from .interval import F64, DifferenceRule, FirstOrder, Interval
 
 __all__ = ["MLPEnergy"]
-
-_SILU_ARGMIN = -1.2784645427610738  # root of 1 + x(1 - sigmoid(x)) = 0... i.e. silu'(x) = 0
 
 
 class MLPEnergy(Energy):
@@ -100,61 +100,42 @@ class MLPEnergy(Energy):
         return self.net(self.encode(u)).squeeze(-1)
 
     # ------------------------------------------------------------------ bounds
+    def _parts(self, dtype: torch.dtype | None = None) -> mlp_bounds._MLPParts:
+        return mlp_bounds._mlp_parts(self, dtype)
+
     @torch.no_grad()
-    def interval_bounds(self, lo: torch.Tensor, hi: torch.Tensor):
-        """Sound bounds of V over boxes [lo_k, hi_k] (shape (m, d)) in float64 interval arithmetic."""
-        lo = lo.to(torch.float64)
-        hi = hi.to(torch.float64)
-        L, H = lo, hi
-        if self.n_fourier:
-            B = self.freqs.to(torch.float64)
-            c, r = (lo + hi) / 2, (hi - lo) / 2
-            zc = 2 * math.pi * (c @ B.T)
-            zr = 2 * math.pi * (r @ B.abs().T)
-            cl, ch = _cos_range(zc - zr, zc + zr)
-            sl, sh = _cos_range(
-                zc - zr - math.pi / 2, zc + zr - math.pi / 2
-            )  # sin z = cos(z - pi/2)
-            L = torch.cat([lo, cl, sl], dim=-1)
-            H = torch.cat([hi, ch, sh], dim=-1)
-        for layer in self.net:
-            if isinstance(layer, nn.Linear):
-                W = layer.weight.to(torch.float64)
-                b = layer.bias.to(torch.float64)
-                c, r = (L + H) / 2, (H - L) / 2
-                yc = c @ W.T + b
-                yr = r @ W.abs().T
-                # round-off allowance for the float64 evaluation of the bounds themselves
-                tol = 4 * torch.finfo(torch.float64).eps * (c.abs() @ W.abs().T + b.abs() + yr)
-                L, H = yc - yr - tol, yc + yr + tol
-            else:
-                L, H = _silu_range(L, H)
+    def interval_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
+        """Sound bounds of V over boxes [lo_k, hi_k] (shape (m, d)) in float64 interval
+        arithmetic (:mod:`ebmfit.energies.mlp_bounds`), widened for the network's own dtype."""
+        L, H = mlp_bounds.value_bounds(self._parts(), lo, hi)
         # the model itself runs in its own dtype: allow its rounding error too
         eps = torch.finfo(self.freqs.dtype).eps
         slack = 64 * eps * (1 + torch.maximum(L.abs(), H.abs()))
-        return (L - slack).squeeze(-1), (H + slack).squeeze(-1)
+        return L - slack, H + slack
 
+    @torch.no_grad()
+    def gradient_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
+        """Sound enclosure of ∇V over boxes by forward-mode interval Jacobians, (m, d) each."""
+        return mlp_bounds._mlp_gradient_bounds(self._parts(), lo.to(F64), hi.to(F64))
 
-def _cos_range(a: torch.Tensor, b: torch.Tensor):
-    """Exact range of cos over [a, b] elementwise."""
-    ca, cb = torch.cos(a), torch.cos(b)
-    lo, hi = torch.minimum(ca, cb), torch.maximum(ca, cb)
-    two_pi = 2 * math.pi
-    has_max = torch.ceil(a / two_pi) * two_pi <= b
-    has_min = torch.ceil((a - math.pi) / two_pi) * two_pi + math.pi <= b
-    hi = torch.where(has_max, torch.ones_like(hi), hi)
-    lo = torch.where(has_min, -torch.ones_like(lo), lo)
-    tol = 1e-15 * (1 + a.abs() + b.abs())
-    return (lo - tol).clamp_min(-1), (hi + tol).clamp_max(1)
+    @torch.no_grad()
+    def first_order_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> FirstOrder:
+        """Second-order Taylor models on small boxes (NaN rows on the others)."""
+        return mlp_bounds.first_order(self._parts(), lo.to(F64), hi.to(F64))
 
+    @torch.no_grad()
+    def evaluation_error(
+        self, lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Worst-case forward error of the network evaluated in ``dtype``, over boxes."""
+        return mlp_bounds.evaluation_error(self._parts(dtype), lo, hi)
 
-def _silu(x):
-    return x * torch.sigmoid(x)
-
-
-def _silu_range(a: torch.Tensor, b: torch.Tensor):
-    """Exact range of SiLU over [a, b]: it decreases on (-inf, x*] and increases after."""
-    hi = torch.maximum(_silu(a), _silu(b))
-    lo = _silu(torch.clamp(torch.full_like(a, _SILU_ARGMIN), a, b))
-    tol = 4 * torch.finfo(a.dtype).eps * (1 + torch.maximum(a.abs(), b.abs()))
-    return lo - tol, hi + tol
+    def difference_rule(self, other: Energy) -> DifferenceRule | None:
+        """Joint Taylor models of ``other − self`` when ``other`` has the same architecture."""
+        same = (
+            isinstance(other, MLPEnergy)
+            and other.dim == self.dim
+            and other.hidden == self.hidden
+            and other.n_fourier == self.n_fourier
+        )
+        return mlp_bounds.MLPDifference(self, other) if same else None

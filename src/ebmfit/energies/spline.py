@@ -19,8 +19,19 @@ from __future__ import annotations
 import torch
 
 from .base import LinearEnergy
+from .interval import EPS64, F64, Interval, tensor_range
 
 __all__ = ["SplineEnergy"]
+
+
+def cardinal_cubic_deriv(s: torch.Tensor) -> torch.Tensor:
+    """N′(s) of the cardinal cubic B-spline (supported on [0, 4])."""
+    d1 = s**2 / 2
+    d2 = (-9 * s**2 + 24 * s - 12) / 6
+    d3 = (9 * s**2 - 48 * s + 60) / 6
+    d4 = -((4 - s) ** 2) / 2
+    out = torch.where(s < 1, d1, torch.where(s < 2, d2, torch.where(s < 3, d3, d4)))
+    return torch.where((s >= 0) & (s < 4), out, torch.zeros_like(s))
 
 
 def cardinal_cubic(s: torch.Tensor) -> torch.Tensor:
@@ -143,6 +154,79 @@ class SplineEnergy(LinearEnergy):
         eps = torch.finfo(T.dtype).eps
         slack = 64 * eps * (T.abs().max() * 4**d + vlo.abs() + vhi.abs())
         return vlo - slack, vhi + slack
+
+    nested_bases = False  # different knots: no common basis
+
+    def _basis_ranges(self, a: torch.Tensor, b: torch.Tensor, deriv: bool) -> Interval:
+        """Exact ranges over [a, b] of every basis function B_j(t) = N((t − t_j)/h) (or of B_j′).
+
+        N is C², zero outside [0, 4], increasing on [0, 2] and decreasing after (max 2/3 at 2);
+        N′ has its extremes ±2/3 at s = 4/3 and 8/3 — so endpoints plus these points suffice.
+        """
+        knots, h = self._knots.to(F64), self.h
+        sa = (a[:, None] - knots) / h
+        sb = (b[:, None] - knots) / h
+        if deriv:
+            fa, fb = cardinal_cubic_deriv(sa) / h, cardinal_cubic_deriv(sb) / h
+            crit = ((4 / 3, 2 / 3), (8 / 3, -2 / 3))
+            scale = 1 / h
+        else:
+            fa, fb = cardinal_cubic(sa), cardinal_cubic(sb)
+            crit = ((2.0, 2 / 3),)
+            scale = 1.0
+        lo, hi = torch.minimum(fa, fb), torch.maximum(fa, fb)
+        for sc, val in crit:
+            inside = (sa <= sc) & (sb >= sc)
+            lo = torch.where(inside, torch.minimum(lo, torch.full_like(lo, val * scale)), lo)
+            hi = torch.where(inside, torch.maximum(hi, torch.full_like(hi, val * scale)), hi)
+        slack = 32 * EPS64 * scale * (1 + sa.abs().clamp_max(4) + sb.abs().clamp_max(4)) ** 3
+        return lo - slack, hi + slack
+
+    def basis1d_deriv_range(self, a: torch.Tensor, b: torch.Tensor) -> Interval:
+        return self._basis_ranges(a.to(F64), b.to(F64), True)
+
+    @torch.no_grad()
+    def gradient_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
+        """Convex hull: ∂_i V = Σ_j C_j(u_i) (Δ_i θ)_j / h ∏ B_j(u_k) with quadratic B-splines C
+        (a partition of unity on [0,1]); its range on a box lies between the extreme
+        coefficients whose basis functions are active there — intersected with the
+        (convergent) tensor-product enclosure of exact 1-D ranges."""
+        lo, hi = lo.to(F64), hi.to(F64)
+        T = self.effective_coef().detach().to(F64)
+        K, h, d = self.n_basis, self.h, self.dim
+        knots = self._knots.to(F64)
+        qk = knots[1:]  # quadratic C_j, j = 1..K-1, supported on [t_j, t_j + 3h]
+
+        def active(
+            kn: torch.Tensor, width: float, a: torch.Tensor, b: torch.Tensor
+        ) -> torch.Tensor:
+            return (kn[None] <= b[:, None]) & (kn[None] + width >= a[:, None])
+
+        glo, ghi = [], []
+        m = lo.shape[0]
+        for i in range(d):
+            D = torch.diff(T, dim=i) / h
+            act = None
+            for j in range(d):
+                aj = (
+                    active(qk, 3 * h, lo[:, j], hi[:, j])
+                    if j == i
+                    else active(knots, 4 * h, lo[:, j], hi[:, j])
+                )
+                act = aj if act is None else (act[:, :, None] & aj[:, None, :]).reshape(m, -1)
+            t = D.reshape(1, -1)
+            glo.append(torch.where(act, t, torch.inf).amin(1))
+            ghi.append(torch.where(act, t, -torch.inf).amax(1))
+        glo, ghi = torch.stack(glo, -1), torch.stack(ghi, -1)
+        slack = 64 * EPS64 * T.abs().max() / h * K
+        glo, ghi = glo - slack, ghi + slack
+        vals = [self._basis_ranges(lo[:, j], hi[:, j], False) for j in range(d)]
+        ders = [self._basis_ranges(lo[:, j], hi[:, j], True) for j in range(d)]
+        for i in range(d):
+            rl, rh = tensor_range(T, [ders[j] if j == i else vals[j] for j in range(d)])
+            glo[:, i] = torch.maximum(glo[:, i], rl)
+            ghi[:, i] = torch.minimum(ghi[:, i], rh)
+        return glo, ghi
 
     def roughness(self, coef: torch.Tensor | None = None) -> torch.Tensor:
         T = self.coef if coef is None else coef
