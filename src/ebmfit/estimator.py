@@ -17,6 +17,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._validation import check_n_samples, check_params
 from .base import TruncatedGMMBase, Uniform
 from .domain import Box, DataError, check_matrix
 from .energies import FAMILIES, CosineEnergy, Energy, LegendreEnergy, MLPEnergy, SplineEnergy
@@ -250,6 +251,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         """Fit the density to X of shape (n_samples, n_features). Returns self."""
         t0 = time.perf_counter()
         X = self._check_X(X, reset=True)
+        check_params(self, X.shape[0])
         if not 0 < self.validation_fraction < 1:
             raise ValueError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
@@ -384,6 +386,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         ``model_.last_sample_info`` says which was used (and R-hat for MCMC).
         """
         check_is_fitted(self, "model_")
+        n_samples = check_n_samples(n_samples)
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         rng = check_random_state(random_state)

@@ -226,7 +226,7 @@ class EnergyModel:
         return torch.cat(out)[:n]
 
     def _sample_mcmc(self, n: int, generator, burn_in: int, thin: int, n_chains: int):
-        from .samplers import run_chains, split_rhat
+        from .samplers import effective_sample_size, run_chains, split_rhat
 
         dev = self.energy_fn.param_device()
         if generator is None:
@@ -239,9 +239,11 @@ class EnergyModel:
         draws, info = run_chains(
             "mala", fn, u0, per_chain * int(thin), generator, warmup=int(burn_in), thin=int(thin)
         )
-        rhat = None
+        rhat = ess = None
         if per_chain >= 4 and chains >= 2:
             rhat = float(np.nanmax(split_rhat(draws)))
+        if per_chain >= 10:
+            ess = float(np.nanmin(effective_sample_size(draws)))
         self.last_sample_info = {
             "method": "mcmc",
             "kernel": "mala",
@@ -252,6 +254,7 @@ class EnergyModel:
             "step_size": info["step_size"],
             "divergences": info["divergences"],
             "rhat_max": rhat,
+            "ess_min": ess,
         }
         return draws.transpose(0, 1).reshape(-1, self.dim)[:n]
 

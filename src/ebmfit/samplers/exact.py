@@ -84,10 +84,20 @@ def build_envelope(
     d = energy.dim
     dev = energy.param_device()
     cells = default_cells(d) if cells is None else int(cells)
+    if cells < 1 or cells**d > max_boxes:  # Python ints: no overflow, nothing allocated yet
+        raise ValueError(
+            f"build_envelope: {cells} cells per axis in d={d} make {cells}^{d} boxes, more than "
+            f"max_boxes={max_boxes}"
+        )
     lo, hi = _initial_boxes(d, cells, torch.float64, dev)
     vlo, vhi = (t.to(torch.float64) for t in energy.interval_bounds(lo, hi))
-    corners = torch.cartesian_prod(*[torch.tensor([0, 1], device=dev)] * d).reshape(-1, d).bool()
+    # bisecting a box along all axes makes 2^d children: in high dimension not even one split
+    # fits the budget, and the 2^d corner table is never built (memory stays O(max_boxes · d))
+    children = 2**d - 1
+    corners = None
     for _ in range(max_rounds):
+        if children > max_boxes - lo.shape[0]:
+            break
         logvol = torch.log(torch.prod(hi - lo, -1))
         upper, lower = logvol - vlo, logvol - vhi
         if float(torch.logsumexp(lower, 0) - torch.logsumexp(upper, 0)) >= math.log(
@@ -100,9 +110,12 @@ def build_envelope(
         cum = torch.cumsum(slack[order], 0) / slack.sum()
         k = int(torch.searchsorted(cum, torch.tensor(0.5, dtype=cum.dtype, device=dev))) + 1
         k = max(k, min(64, lo.shape[0]))  # a few boxes hold all the slack: keep splitting deep
-        k = min(k, (max_boxes - lo.shape[0]) // (2**d - 1))
+        k = min(k, (max_boxes - lo.shape[0]) // children)
         if k <= 0:
             break
+        if corners is None:
+            corners = torch.cartesian_prod(*[torch.tensor([0, 1], device=dev)] * d)
+            corners = corners.reshape(-1, d).bool()
         split = torch.zeros(lo.shape[0], dtype=torch.bool, device=dev)
         split[order[:k]] = True
         slo, shi = lo[split], hi[split]
