@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._rng import as_generator
 from .base import BaseMeasure, Uniform
 from .domain import Box
 from .energies.base import Energy
@@ -161,6 +162,8 @@ class EnergyModel:
         n = int(n)
         if method not in ("auto", "exact", "mcmc"):
             raise ValueError(f"unknown sampling method {method!r}: use 'auto', 'exact' or 'mcmc'")
+        if generator is None:  # fresh entropy, never the global RNG
+            generator = as_generator(None, self.energy_fn.param_device())
         uniform = isinstance(self.base, Uniform)
         if method == "auto":
             method = "exact" if self._rejection_rate() >= min_acceptance else "mcmc"
@@ -229,9 +232,8 @@ class EnergyModel:
         from .samplers import effective_sample_size, run_chains, split_rhat
 
         dev = self.energy_fn.param_device()
-        if generator is None:
-            seed = int(torch.randint(0, 2**31 - 1, ()))
-            generator = torch.Generator(device=dev).manual_seed(seed)
+        if generator is None:  # fresh entropy, never the global RNG
+            generator = as_generator(None, dev)
         chains = max(1, min(int(n_chains), n))
         per_chain = -(-n // chains)
         u0 = self.base.sample(chains, generator=generator, device=dev)

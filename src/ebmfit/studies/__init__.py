@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ._common import write_report
 from .approximation import ApproximationResult, approximation_study
@@ -32,11 +33,18 @@ STUDIES = {
 }
 
 
-def run_study(name: str, *, quick: bool = False, out_dir: str | Path | None = None):
-    """Run the study ``name`` (one of :data:`STUDIES`); write its report into ``out_dir``."""
+def run_study(
+    name: str,
+    *,
+    quick: bool = False,
+    out_dir: str | Path | None = None,
+    random_state: int = 0,
+) -> Any:
+    """Run the study ``name`` (one of :data:`STUDIES`) with ``random_state``; write its report
+    into ``out_dir``."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; choose from {', '.join(STUDIES)}")
-    result = STUDIES[name](quick=quick)
+    result = STUDIES[name](quick=quick, random_state=random_state)
     if out_dir is not None:
         write_report(result, out_dir, name)
     return result

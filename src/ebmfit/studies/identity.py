@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._rng import as_generator
 from ..domain import Box
 from ..energies import Energy, MLPEnergy
 from ..model import EnergyModel
@@ -164,7 +165,7 @@ def identity_study(
 ) -> IdentityResult:
     """Check the gradient identity on ``model`` (default: a small random MLP energy on the unit
     square) with ``data`` (default: exact samples of the ``banana`` target), d ≤ 3."""
-    g = torch.Generator().manual_seed(random_state)
+    g = as_generator(random_state)
     model = model if model is not None else _default_model(random_state)
     d = model.dim
     if d > 3:
