@@ -4,12 +4,29 @@ p(x) = exp(−V(x; θ)) dP(x) / Z_θ, learned by maximum likelihood through the 
 ∇L = E_data[∇V] − E_model[∇V], with honest log Z, exact samplers and certified KL bounds.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .base import Uniform
 from .domain import Box, DataError
-from .estimator import EnergyDensity
 from .model import EnergyModel
 from .partition.result import LogZ
 
+if TYPE_CHECKING:
+    from .estimator import EnergyDensity
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # the estimator (and scikit-learn with it) loads on first use: `import ebmfit.samplers`
+    # stays free of scikit-learn
+    if name == "EnergyDensity":
+        from .estimator import EnergyDensity
+
+        return EnergyDensity
+    raise AttributeError(f"module 'ebmfit' has no attribute {name!r}")
+
 
 __all__ = ["Box", "DataError", "EnergyDensity", "EnergyModel", "LogZ", "Uniform", "__version__"]

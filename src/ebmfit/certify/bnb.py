@@ -75,7 +75,7 @@ def _local_opt(pair: Pair, starts: np.ndarray, sign: float, maxiter: int = 60):
     """L-BFGS-B on the cube from each start; returns the best (value, point) of sign·h."""
     best_v, best_x = -math.inf, None
 
-    def fun(x):
+    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
         v, g = pair.h_and_grad(torch.as_tensor(x, dtype=F64)[None])
         return -sign * float(v[0]), -sign * g[0].numpy()
 
@@ -165,7 +165,7 @@ def oscillation_bounds(
     )
     lo, hi = idx / cells, (idx + 1) / cells  # shared faces are computed identically: no gaps
 
-    def evaluate(lo, hi):
+    def evaluate(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal best_max, best_min, xmax, xmin
         with torch.no_grad():
             lb, ub = pair.bounds(lo, hi)

@@ -75,7 +75,9 @@ def _kl_on_grid(ta: torch.Tensor, tb: torch.Tensor, lw: torch.Tensor) -> float:
     return float((c + lzb - lza).clamp_min(0.0))
 
 
-def _grid_terms(energy: Energy, base: BaseMeasure, axes, weights):
+def _grid_terms(
+    energy: Energy, base: BaseMeasure, axes: list[torch.Tensor], weights: list[torch.Tensor]
+):
     """(t, log w) on the grid with t = V − log dP/du (so the density is ∝ w e^{−t})."""
     li = grid_log_integrand(energy, base, axes, weights)
     lw = torch.zeros((), dtype=F64)
@@ -99,7 +101,7 @@ def _check_models(model_a: EnergyModel, model_b: EnergyModel, same_base: bool):
         )
 
 
-def _kl_both(model_a, model_b, n_cells, n_nodes):
+def _kl_both(model_a: EnergyModel, model_b: EnergyModel, n_cells: int | None, n_nodes: int | None):
     d = model_a.dim
     if d > 3:
         raise ValueError(f"quadrature KL needs d <= 3 (got d = {d})")

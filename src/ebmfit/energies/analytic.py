@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from .base import Energy
@@ -24,7 +25,13 @@ class QuadraticEnergy(Energy):
 
     family = "quadratic"
 
-    def __init__(self, dim: int, mean=None, precision=None, dtype=torch.float64):
+    def __init__(
+        self,
+        dim: int,
+        mean: ArrayLike | None = None,
+        precision: ArrayLike | None = None,
+        dtype: torch.dtype = torch.float64,
+    ):
         super().__init__()
         self.dim = int(dim)
         mean = torch.full((dim,), 0.5) if mean is None else torch.as_tensor(mean, dtype=dtype)
@@ -41,7 +48,7 @@ class QuadraticEnergy(Energy):
         return 0.5 * ((z @ P) * z).sum(-1)
 
     @torch.no_grad()
-    def interval_bounds(self, lo: torch.Tensor, hi: torch.Tensor):
+    def interval_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
         P = ((self.precision + self.precision.T) / 2).to(torch.float64)
         mu = self.mean.to(torch.float64)
         a, b = lo.to(torch.float64) - mu, hi.to(torch.float64) - mu  # z in [a, b]
@@ -95,7 +102,7 @@ class CallableEnergy(Energy):
         dim: int,
         lipschitz: float | None = None,
         name: str = "callable",
-        device=None,
+        device: torch.device | str | None = None,
     ):
         super().__init__()
         self.fn = fn
@@ -126,7 +133,7 @@ class CallableEnergy(Energy):
         return out
 
     @torch.no_grad()
-    def interval_bounds(self, lo: torch.Tensor, hi: torch.Tensor):
+    def interval_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
         if self.lipschitz is None:
             return super().interval_bounds(lo, hi)
         c = (lo + hi) / 2

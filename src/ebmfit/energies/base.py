@@ -122,7 +122,9 @@ class LinearEnergy(Energy):
     intervals ``basis1d_range(a, b) -> (lo, hi)`` of shape (m, K).
     """
 
-    def __init__(self, dim: int, n_basis: int, mask: torch.Tensor, dtype=torch.float64):
+    def __init__(
+        self, dim: int, n_basis: int, mask: torch.Tensor, dtype: torch.dtype = torch.float64
+    ):
         super().__init__()
         self.dim = int(dim)
         self.n_basis = int(n_basis)
@@ -140,7 +142,9 @@ class LinearEnergy(Energy):
     def basis1d(self, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def basis1d_range(self, a: torch.Tensor, b: torch.Tensor):  # pragma: no cover - interface
+    def basis1d_range(
+        self, a: torch.Tensor, b: torch.Tensor
+    ) -> Interval:  # pragma: no cover - interface
         raise NotImplementedError
 
     def penalty_weights(self) -> torch.Tensor:  # pragma: no cover - interface
@@ -236,7 +240,7 @@ class LinearEnergy(Energy):
         hi: torch.Tensor,
         chunk: int = 2048,
         center: torch.Tensor | None = None,
-    ):
+    ) -> Interval:
         r"""Sound bounds via interval products of 1-D basis ranges.
 
         Each term :math:`\theta_j\prod_i b_{j_i}(u_i)` is enclosed by multiplying the exact

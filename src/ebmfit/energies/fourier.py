@@ -24,7 +24,7 @@ class CosineEnergy(LinearEnergy):
 
     family = "cosine"
 
-    def __init__(self, dim: int, n_freq: int = 32, dtype=torch.float64):
+    def __init__(self, dim: int, n_freq: int = 32, dtype: torch.dtype = torch.float64):
         if n_freq < 2:
             raise ValueError("n_freq must be >= 2")
         mask = torch.ones([n_freq] * dim)
@@ -38,7 +38,7 @@ class CosineEnergy(LinearEnergy):
     def basis1d(self, t: torch.Tensor) -> torch.Tensor:
         return torch.cos(math.pi * t[:, None] * self._k)
 
-    def basis1d_range(self, a: torch.Tensor, b: torch.Tensor):
+    def basis1d_range(self, a: torch.Tensor, b: torch.Tensor) -> Interval:
         k = self._k[None]
         pa, pb = k * a[:, None], k * b[:, None]  # phase / pi
         ca, cb = torch.cos(math.pi * pa), torch.cos(math.pi * pb)

@@ -27,7 +27,7 @@ class LegendreEnergy(LinearEnergy):
 
     family = "legendre"
 
-    def __init__(self, dim: int, degree: int = 12, dtype=torch.float64):
+    def __init__(self, dim: int, degree: int = 12, dtype: torch.dtype = torch.float64):
         if degree < 1:
             raise ValueError("degree must be >= 1")
         super().__init__(dim, degree + 1, total_degree_mask(dim, degree), dtype=dtype)
@@ -58,7 +58,7 @@ class LegendreEnergy(LinearEnergy):
             P.append(((2 * k + 1) * x * P[k] - k * P[k - 1]) / (k + 1))
         return torch.stack(P[: self.n_basis], dim=-1) * self._scale
 
-    def basis1d_range(self, a: torch.Tensor, b: torch.Tensor):
+    def basis1d_range(self, a: torch.Tensor, b: torch.Tensor) -> Interval:
         ends = torch.stack([self.basis1d(a), self.basis1d(b)])  # (2, m, K)
         lo, hi = ends.amin(0), ends.amax(0)
         inside = (self._crit[None] >= a[:, None, None]) & (self._crit[None] <= b[:, None, None])

@@ -47,7 +47,7 @@ class MLPEnergy(Energy):
         n_fourier: int = 64,
         fourier_scale: float = 3.0,
         seed: int = 0,
-        dtype=torch.float32,
+        dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
         self.dim = int(dim)

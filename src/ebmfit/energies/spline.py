@@ -49,7 +49,13 @@ class SplineEnergy(LinearEnergy):
 
     family = "spline"
 
-    def __init__(self, dim: int, n_basis: int = 40, penalty_order: int = 3, dtype=torch.float64):
+    def __init__(
+        self,
+        dim: int,
+        n_basis: int = 40,
+        penalty_order: int = 3,
+        dtype: torch.dtype = torch.float64,
+    ):
         if n_basis < 4:
             raise ValueError("n_basis must be >= 4 for cubic splines")
         if penalty_order not in (1, 2, 3):
@@ -73,7 +79,7 @@ class SplineEnergy(LinearEnergy):
     def basis1d(self, t: torch.Tensor) -> torch.Tensor:
         return cardinal_cubic((t[:, None] - self._knots) / self.h)
 
-    def basis1d_range(self, a: torch.Tensor, b: torch.Tensor):
+    def basis1d_range(self, a: torch.Tensor, b: torch.Tensor) -> Interval:
         """Exact range of each B_j over [a, b]: N rises on [0, 2] and falls on [2, 4]."""
         sa = (a[:, None] - self._knots) / self.h
         sb = (b[:, None] - self._knots) / self.h
@@ -82,7 +88,7 @@ class SplineEnergy(LinearEnergy):
         tol = 4 * torch.finfo(sa.dtype).eps
         return (lo - tol).clamp_min(0), hi + tol
 
-    def interval_bounds(self, lo: torch.Tensor, hi: torch.Tensor, chunk: int = 4096):
+    def interval_bounds(self, lo: torch.Tensor, hi: torch.Tensor, chunk: int = 4096) -> Interval:
         r"""Sound bounds of V over boxes, using only the basis functions active on each box.
 
                 Basis j is active on [a, b] iff its support :math:`(t_j, t_j + 4h)` meets it, i.e.
@@ -235,7 +241,7 @@ class SplineEnergy(LinearEnergy):
             r = r + (torch.diff(T, n=self.penalty_order, dim=i) ** 2).sum()
         return r
 
-    def penalty_transform(self):
+    def penalty_transform(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Demmler–Reinsch basis: eigenvectors of the 1-D difference penalty DᵀD."""
         K = self.n_basis
         D = torch.diff(torch.eye(K, dtype=self.coef.dtype), n=self.penalty_order, dim=0)

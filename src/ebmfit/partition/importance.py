@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from ..base import BaseMeasure, Uniform
+from ..energies.base import Energy
 from .result import LogZ
 
 __all__ = ["ISResult", "check_generator_device", "log_partition_importance", "log_weight_stats"]
@@ -82,7 +83,7 @@ def log_weight_stats(log_weights: torch.Tensor) -> tuple[float, float, float]:
 
 
 def log_partition_importance(
-    energy,
+    energy: Energy,
     base: BaseMeasure | None = None,
     *,
     n_samples: int = 65536,

@@ -16,13 +16,16 @@ import torch
 from scipy.stats import qmc
 
 from ..base import BaseMeasure, Uniform
+from ..energies.base import Energy
 from .result import LogZ
 
 __all__ = ["combine_replicates", "log_integrand", "log_partition_qmc"]
 
 
 @torch.no_grad()
-def log_integrand(energy, base: BaseMeasure, u: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+def log_integrand(
+    energy: Energy, base: BaseMeasure, u: torch.Tensor, chunk: int = 65536
+) -> torch.Tensor:
     r""":math:`-V(u) + \log p(u)` at points u of the cube (shape (n, d)) → (n,) float64, by chunks."""
     dev, dt = energy.param_device(), energy.param_dtype()
     parts = []
@@ -48,7 +51,7 @@ def combine_replicates(log_zr: np.ndarray, n_points: int) -> LogZ:
 
 
 def log_partition_qmc(
-    energy,
+    energy: Energy,
     base: BaseMeasure | None = None,
     *,
     n_points: int = 2**14,

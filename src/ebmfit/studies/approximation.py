@@ -22,6 +22,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -168,7 +169,7 @@ class ApproximationResult:
             ]
         )
 
-    def plot(self, path) -> None:
+    def plot(self, path: str | Path) -> None:
         import matplotlib
 
         matplotlib.use("Agg")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,7 +109,7 @@ class ErrataResult:
             ]
         )
 
-    def plot(self, path) -> None:
+    def plot(self, path: str | Path) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
