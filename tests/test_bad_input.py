@@ -327,7 +327,7 @@ def test_cli_score_bad_input(tmp_path, fitted):
     wide = _csv(tmp_path, "a,b,c\n0.1,0.2,0.3\n", "wide.csv")
     res = runner.invoke(app, ["score", str(model), str(wide)])
     assert res.exit_code == 2
-    assert "X has 3 features, but EnergyDensity is expecting 2 features" in res.stderr
+    assert "wide.csv has 3 column(s) but the model has 2" in res.stderr
     nan = _csv(tmp_path, "0.1,0.2\nnan,0.3\n", "nan.csv")
     res = runner.invoke(app, ["score", str(model), str(nan)])
     assert res.exit_code == 2
