@@ -295,3 +295,22 @@ def test_reverse_ais_alone_is_an_upper_estimate():
     r = log_partition_reverse_ais(e, x, n_temps=32, generator=g)
     assert r.logz.bias == "upper" and r.log_weights.shape == (256,)
     assert within(r.logz, truth)
+
+
+def test_ais_settings_live_in_one_frozen_config():
+    """A config object and keyword settings give the same run; unknown settings are refused."""
+    import dataclasses
+
+    from ebmfit.partition import AISConfig
+
+    e = QuadraticEnergy(2, precision=20.0 * torch.eye(2, dtype=torch.float64))
+    cfg = AISConfig(n_temps=16, kernel="hmc", num_integration_steps=3)
+    a = log_partition_ais(e, n_chains=64, config=cfg, generator=gen(21))
+    b = log_partition_ais(
+        e, n_chains=64, n_temps=16, kernel="hmc", num_integration_steps=3, generator=gen(21)
+    )
+    assert a.logz == b.logz
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.n_temps = 3  # type: ignore[misc]
+    with pytest.raises(TypeError, match="AIS settings are"):
+        log_partition_ais(e, n_temps=8, n_temperatures=8, generator=gen(0))

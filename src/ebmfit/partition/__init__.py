@@ -1,6 +1,7 @@
 """Estimators of log Z; each returns a :class:`LogZ` (alone or inside a result with diagnostics)."""
 
 from .ais import (
+    AISConfig,
     AISResult,
     AISSandwich,
     ais_sandwich,
@@ -14,6 +15,7 @@ from .quadrature import gauss_legendre_1d, log_partition_quadrature
 from .result import LogZ
 
 __all__ = [
+    "AISConfig",
     "AISResult",
     "AISSandwich",
     "ISResult",

@@ -61,22 +61,26 @@ energy's device with float64 positions, and ``generator`` must live there.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from ..base import BaseMeasure, Uniform
+from ..energies.base import Energy
 from ..samplers import hmc, mala
 from ..samplers.integrators import energy_and_grad
 from ..samplers.types import State
+from .ais_path import AISConfig, _adaptive_betas, _check_betas, ais_schedule
 from .importance import check_generator_device, log_weight_stats
 from .result import LogZ
 
 __all__ = [
+    "AISConfig",
     "AISResult",
     "AISSandwich",
     "ais_sandwich",
@@ -148,56 +152,6 @@ class AISSandwich(NamedTuple):
         return (lo.value - z * lo.stderr, up.value + z * up.stderr)
 
 
-# ----------------------------------------------------------------------------- schedule
-def ais_schedule(
-    n_temps: int, kind: str = "sigmoid", *, sharpness: float = 4.0, beta_min: float = 1e-4
-) -> torch.Tensor:
-    r"""Temperatures :math:`0 = \beta_0 < \dots < \beta_T = 1`, shape (T+1,), float64.
-
-    ``kind``:
-
-    * ``"linear"``: :math:`\beta_t = t/T`;
-    * ``"geometric"``: :math:`\beta_t = \beta_{\min}^{(T-t)/(T-1)}` for :math:`t \ge 1`;
-    * ``"sigmoid"`` (Grosse et al. 2015): :math:`\beta_t \propto \sigma(\delta(2t/T - 1))`
-      rescaled to [0, 1], :math:`\delta` = ``sharpness``.
-
-    The pilot-based ``"adaptive"`` schedule of :func:`log_partition_ais` is not a fixed rule
-    and is built there.
-    """
-    T = int(n_temps)
-    if T < 1:
-        raise ValueError(f"n_temps must be >= 1, got {n_temps}")
-    t = torch.arange(T + 1, dtype=torch.float64)
-    if kind == "linear":
-        b = t / T
-    elif kind == "geometric":
-        if not 0 < beta_min < 1:
-            raise ValueError(f"beta_min must be in (0, 1), got {beta_min}")
-        b = torch.zeros(T + 1, dtype=torch.float64)
-        if T == 1:
-            b[1] = 1.0
-        else:
-            b[1:] = torch.logspace(math.log10(beta_min), 0.0, T, dtype=torch.float64)
-    elif kind == "sigmoid":
-        s = torch.sigmoid(sharpness * (2 * t / T - 1))
-        b = (s - s[0]) / (s[-1] - s[0])
-    else:
-        raise ValueError(
-            f"unknown schedule {kind!r}; use 'adaptive', 'sigmoid', 'geometric', 'linear' "
-            "or a tensor of temperatures"
-        )
-    b[0], b[-1] = 0.0, 1.0
-    return b
-
-
-def _check_betas(betas) -> torch.Tensor:
-    b = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().reshape(-1)
-    if b.numel() < 2 or b[0] != 0 or b[-1] != 1 or not bool((b.diff() > 0).all()):
-        raise ValueError("temperatures must be strictly increasing from exactly 0 to exactly 1")
-    return b
-
-
-# ----------------------------------------------------------------------------- machinery
 class _Energies:
     """The model energy V and base energy B = -log p as float64 callables, with a counter."""
 
@@ -288,35 +242,18 @@ def _pilot(
     return np.asarray(log_eps_t), np.asarray(sd_t), sd0
 
 
-def _adaptive_betas(grid: np.ndarray, sd: np.ndarray, n_temps: int) -> torch.Tensor:
-    """Place ``n_temps`` increments evenly in thermodynamic length ∫ sd(V) dβ on ``grid``."""
-    sd = np.nan_to_num(sd, nan=0.0, posinf=0.0)
-    floor = 1e-3 * max(float(sd.mean()), 1e-12)  # keeps the length strictly increasing
-    seg = np.diff(grid) * (0.5 * (sd[:-1] + sd[1:]) + floor)
-    s = np.concatenate([[0.0], np.cumsum(seg)])
-    targets = np.linspace(0.0, s[-1], n_temps + 1)
-    b = np.interp(targets, s, grid)
-    b[0], b[-1] = 0.0, 1.0
-    b = np.maximum.accumulate(b)
-    if np.any(np.diff(b) <= 0):  # degenerate (e.g. constant V): fall back to linear
-        return ais_schedule(n_temps, "linear")
-    return torch.as_tensor(b, dtype=torch.float64)
-
-
 def _make_plan(
     en: _Energies,
     dim: int,
     device: torch.device,
-    n_temps: int,
-    schedule,
+    cfg: AISConfig,
     kern,
-    n_steps: int,
     kw: dict,
-    step_size,
     target: float,
-    n_pilot: int,
     generator: torch.Generator,
 ) -> _Plan:
+    n_temps, schedule, n_steps = cfg.n_temps, cfg.schedule, cfg.n_steps
+    step_size, n_pilot = cfg.step_size, cfg.n_pilot
     adaptive = isinstance(schedule, str) and schedule == "adaptive"
     if isinstance(schedule, str) and not adaptive:
         betas = ais_schedule(n_temps, schedule)
@@ -442,7 +379,8 @@ def _run(direction, en, starts, plan, kern, n_steps, kw, generator, chunk, evals
     return AISResult(logz, ess, lw, acceptance, plan.betas, plan.step_sizes, torch.cat(xs), div)
 
 
-def _setup(energy, base, kernel, num_integration_steps, target_accept, n_steps, generator):
+def _setup(energy, base, cfg: AISConfig, generator):
+    kernel, n_steps, target_accept = cfg.kernel, cfg.n_steps, cfg.target_accept
     base = base if base is not None else Uniform(energy.dim)
     if base.dim != energy.dim:
         raise ValueError(f"base has dim {base.dim} but the energy has dim {energy.dim}")
@@ -451,7 +389,7 @@ def _setup(energy, base, kernel, num_integration_steps, target_accept, n_steps, 
     kern = _kernel(kernel)
     if int(n_steps) < 1:
         raise ValueError(f"n_steps (transitions per temperature) must be >= 1, got {n_steps}")
-    kw = {"num_integration_steps": int(num_integration_steps)} if kernel == "hmc" else {}
+    kw = {"num_integration_steps": int(cfg.num_integration_steps)} if kernel == "hmc" else {}
     target = float(target_accept) if target_accept is not None else kern.TARGET_ACCEPT
     return _Energies(energy, base), dev, kern, kw, target
 
@@ -472,21 +410,24 @@ def _check_samples(samples, dim: int, device) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- public API
+def _config(config: AISConfig | None, settings: dict[str, Any]) -> AISConfig:
+    """``config`` (default :class:`AISConfig`) with the keyword ``settings`` replaced."""
+    cfg = AISConfig() if config is None else config
+    try:
+        return dataclasses.replace(cfg, **settings) if settings else cfg
+    except TypeError as err:
+        known = ", ".join(f.name for f in dataclasses.fields(AISConfig))
+        raise TypeError(f"{err}; AIS settings are: {known}") from None
+
+
 def log_partition_ais(
-    energy,
+    energy: Energy,
     base: BaseMeasure | None = None,
     *,
     n_chains: int = 1024,
-    n_temps: int = 256,
-    schedule: str | torch.Tensor = "adaptive",
-    kernel: str = "mala",
-    n_steps: int = 1,
-    num_integration_steps: int = 5,
-    step_size: float | torch.Tensor | None = None,
-    target_accept: float | None = None,
-    n_pilot: int = 128,
-    chunk: int = 8192,
+    config: AISConfig | None = None,
     generator: torch.Generator,
+    **settings: Any,
 ) -> AISResult:
     r"""Forward AIS estimate of :math:`\log Z`, a stochastic lower bound (see module docstring).
 
@@ -495,19 +436,9 @@ def log_partition_ais(
         base: base measure :math:`P` with an exact sampler and a differentiable ``log_prob``
             (default ``Uniform(energy.dim)``).
         n_chains: number N of independent AIS chains.
-        n_temps: number T of temperature increments (ignored when ``schedule`` is a tensor).
-        schedule: ``"adaptive"`` (pilot-estimated thermodynamic length), ``"sigmoid"``,
-            ``"geometric"``, ``"linear"`` (:func:`ais_schedule`), or a tensor of temperatures
-            from 0 to 1.
-        kernel: ``"mala"`` or ``"hmc"`` (reflected, exact on the cube).
-        n_steps: transitions per temperature.
-        num_integration_steps: leapfrog steps L per HMC transition.
-        step_size: fixed :math:`\varepsilon` (a float or one per :math:`\beta_1..\beta_T`);
-            ``None`` tunes it with the pilot.
-        target_accept: pilot's target mean acceptance (default: the kernel's).
-        n_pilot: chains of the pilot run (not used in the estimate).
-        chunk: chains processed at once (memory bound).
+        config: the path and kernel settings, an :class:`AISConfig` (default ``AISConfig()``).
         generator: a ``torch.Generator`` on the energy's device.
+        **settings: fields of :class:`AISConfig` overriding ``config`` (e.g. ``n_temps=64``).
 
     Returns:
         :class:`AISResult` with ``logz.bias == "lower"``: :math:`\mathbb E[\log\hat Z] \le
@@ -523,35 +454,24 @@ def log_partition_ais(
         >>> abs(r.logz.value - truth) < 4 * r.logz.stderr + 1e-3
         True
     """
-    en, dev, kern, kw, target = _setup(
-        energy, base, kernel, num_integration_steps, target_accept, n_steps, generator
-    )
+    cfg = _config(config, settings)
+    en, dev, kern, kw, target = _setup(energy, base, cfg, generator)
     if int(n_chains) < 2:
         raise ValueError(f"n_chains must be >= 2, got {n_chains}")
-    plan = _make_plan(
-        en, energy.dim, dev, n_temps, schedule, kern, n_steps, kw, step_size, target, n_pilot,
-        generator,
-    )  # fmt: skip
+    plan = _make_plan(en, energy.dim, dev, cfg, kern, kw, target, generator)
     evals0 = en.n_evals - plan.pilot_evals
     x0 = en.base.sample(int(n_chains), generator=generator, dtype=torch.float64, device=dev)
-    return _run("forward", en, x0, plan, kern, int(n_steps), kw, generator, chunk, evals0)
+    return _run("forward", en, x0, plan, kern, cfg.n_steps, kw, generator, cfg.chunk, evals0)
 
 
 def log_partition_reverse_ais(
-    energy,
+    energy: Energy,
     samples: torch.Tensor,
     base: BaseMeasure | None = None,
     *,
-    n_temps: int = 256,
-    schedule: str | torch.Tensor = "adaptive",
-    kernel: str = "mala",
-    n_steps: int = 1,
-    num_integration_steps: int = 5,
-    step_size: float | torch.Tensor | None = None,
-    target_accept: float | None = None,
-    n_pilot: int = 128,
-    chunk: int = 8192,
+    config: AISConfig | None = None,
     generator: torch.Generator,
+    **settings: Any,
 ) -> AISResult:
     r"""Reverse AIS from **exact** model samples: a stochastic upper bound on :math:`\log Z`.
 
@@ -562,35 +482,24 @@ def log_partition_reverse_ais(
     ``samples``).  Returns :class:`AISResult` with ``logz.bias == "upper"``:
     :math:`\mathbb E[\log\hat Z_{\rm rev}] \ge \log Z` — *only* when the samples are exact.
     """
-    en, dev, kern, kw, target = _setup(
-        energy, base, kernel, num_integration_steps, target_accept, n_steps, generator
-    )
+    cfg = _config(config, settings)
+    en, dev, kern, kw, target = _setup(energy, base, cfg, generator)
     x = _check_samples(samples, energy.dim, dev)
-    plan = _make_plan(
-        en, energy.dim, dev, n_temps, schedule, kern, n_steps, kw, step_size, target, n_pilot,
-        generator,
-    )  # fmt: skip
+    plan = _make_plan(en, energy.dim, dev, cfg, kern, kw, target, generator)
     evals0 = en.n_evals - plan.pilot_evals
-    return _run("reverse", en, x, plan, kern, int(n_steps), kw, generator, chunk, evals0)
+    return _run("reverse", en, x, plan, kern, cfg.n_steps, kw, generator, cfg.chunk, evals0)
 
 
 def ais_sandwich(
-    energy,
+    energy: Energy,
     samples: torch.Tensor,
     base: BaseMeasure | None = None,
     *,
     n_chains: int = 1024,
-    n_temps: int = 256,
-    schedule: str | torch.Tensor = "adaptive",
-    kernel: str = "mala",
-    n_steps: int = 1,
-    num_integration_steps: int = 5,
-    step_size: float | torch.Tensor | None = None,
-    target_accept: float | None = None,
-    n_pilot: int = 128,
-    chunk: int = 8192,
     z_alarm: float = 3.0,
+    config: AISConfig | None = None,
     generator: torch.Generator,
+    **settings: Any,
 ) -> AISSandwich:
     r"""Bidirectional AIS: forward (lower) and reverse (upper) on one frozen schedule.
 
@@ -612,21 +521,17 @@ def ais_sandwich(
         >>> s.is_consistent
         True
     """
-    en, dev, kern, kw, target = _setup(
-        energy, base, kernel, num_integration_steps, target_accept, n_steps, generator
-    )
+    cfg = _config(config, settings)
+    en, dev, kern, kw, target = _setup(energy, base, cfg, generator)
     x = _check_samples(samples, energy.dim, dev)
     if int(n_chains) < 2:
         raise ValueError(f"n_chains must be >= 2, got {n_chains}")
-    plan = _make_plan(
-        en, energy.dim, dev, n_temps, schedule, kern, n_steps, kw, step_size, target, n_pilot,
-        generator,
-    )  # fmt: skip
+    plan = _make_plan(en, energy.dim, dev, cfg, kern, kw, target, generator)
     evals0 = en.n_evals - plan.pilot_evals
     x0 = en.base.sample(int(n_chains), generator=generator, dtype=torch.float64, device=dev)
-    lower = _run("forward", en, x0, plan, kern, int(n_steps), kw, generator, chunk, evals0)
+    lower = _run("forward", en, x0, plan, kern, cfg.n_steps, kw, generator, cfg.chunk, evals0)
     evals1 = en.n_evals
-    upper = _run("reverse", en, x, plan, kern, int(n_steps), kw, generator, chunk, evals1)
+    upper = _run("reverse", en, x, plan, kern, cfg.n_steps, kw, generator, cfg.chunk, evals1)
     crossing = lower.logz.value - upper.logz.value
     se = math.hypot(lower.logz.stderr, upper.logz.stderr)
     if crossing > z_alarm * se:
