@@ -34,7 +34,7 @@ import torch
 
 from ._checks import checked_init
 from .integrators import EnergyFn, StepSize, kinetic_energy, reflected_leapfrog, sample_momentum
-from .metropolis import accept_reject, select
+from .metropolis import accept_reject, select_state
 from .types import Info, State
 
 __all__ = ["TARGET_ACCEPT", "Info", "State", "init", "step"]
@@ -88,9 +88,4 @@ def step(
     h1 = v + kinetic_energy(p, inverse_mass)
     delta = h1 - (state.energy + k0)
     prob, accepted, divergent = accept_reject(generator, delta, divergence_threshold)
-    new = State(
-        select(accepted, q, state.position),
-        select(accepted, v, state.energy),
-        select(accepted, g, state.grad),
-    )
-    return new, Info(prob, accepted, divergent, h1)
+    return select_state(accepted, State(q, v, g), state), Info(prob, accepted, divergent, h1)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["accept_reject", "select"]
+from .types import State
+
+__all__ = ["accept_reject", "select", "select_state"]
 
 
 def accept_reject(
@@ -48,3 +50,9 @@ def select(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Te
     if new.ndim > 1:
         mask = mask.reshape(mask.shape + (1,) * (new.ndim - 1))
     return torch.where(mask, new, old)
+
+
+def select_state(mask: torch.Tensor, proposed: State, current: State) -> State:
+    """Chain-wise choice of a whole :class:`State`: ``proposed`` where ``mask`` else ``current``
+    (the accept step every kernel ends with)."""
+    return State(*(select(mask, a, b) for a, b in zip(proposed, current, strict=True)))

@@ -30,7 +30,7 @@ import torch
 
 from ._checks import checked_init
 from .integrators import EnergyFn, StepSize, kinetic_energy, reflected_leapfrog, sample_momentum
-from .metropolis import select
+from .metropolis import select_state
 from .types import Info, State
 
 __all__ = ["TARGET_ACCEPT", "Info", "State", "init", "step"]
@@ -69,8 +69,5 @@ def step(
         state.position, momentum, state.grad, energy_fn, step_size, 1, inverse_mass
     )
     ok = torch.isfinite(v) & torch.isfinite(g).all(-1)
-    new = State(
-        select(ok, q, state.position), select(ok, v, state.energy), select(ok, g, state.grad)
-    )
     info = Info(torch.ones_like(v), ok, ~ok, v + kinetic_energy(p, inverse_mass))
-    return new, info
+    return select_state(ok, State(q, v, g), state), info
