@@ -51,22 +51,22 @@ class KLEstimate(NamedTuple):
         }
 
 
-def _kl_on_grid(ta: torch.Tensor, tb: torch.Tensor, lw: torch.Tensor) -> float:
-    r"""KL between the grid laws :math:`\pi_a \propto w e^{-t_a}` and :math:`\pi_b \propto w e^{-t_b}`.
+def _kl_on_grid(Ua: torch.Tensor, Ub: torch.Tensor, lw: torch.Tensor) -> float:
+    r"""KL between the grid laws :math:`\pi_a \propto w e^{-U_a}` and :math:`\pi_b \propto w e^{-U_b}`.
 
-    :math:`\mathrm{KL} = \mathbb{E}_{\pi_a}[s] + \log Z_b - \log Z_a`, :math:`s = t_b - t_a`.
+    :math:`\mathrm{KL} = \mathbb{E}_{\pi_a}[s] + \log Z_b - \log Z_a`, :math:`s = U_b - U_a`.
     Where :math:`\pi_a > 0` at every node, :math:`\log Z_b - \log Z_a = \log\mathbb{E}_{\pi_a}
     [e^{-s}]` and, with :math:`c = \mathbb{E}_{\pi_a}[s]`, :math:`\mathrm{KL} =
     \operatorname{log1p}(\mathbb{E}_{\pi_a}[\operatorname{expm1}(-(s - c))])`, accurate even for
     tiny KL; otherwise (:math:`Q_a` has zeros) the two normalizers are summed separately.
     """
-    la, lb = lw - ta, lw - tb
+    la, lb = lw - Ua, lw - Ub
     lza, lzb = torch.logsumexp(la, 0), torch.logsumexp(lb, 0)
     pa = torch.exp(la - lza)
     on = pa > 0
-    if not bool(torch.isfinite(tb[on]).all()):
+    if not bool(torch.isfinite(Ub[on]).all()):
         return math.inf
-    s = (tb - ta)[on]
+    s = (Ub - Ua)[on]
     p = pa[on]
     c = (p * s).sum() / p.sum()
     if bool(on.all()):
@@ -78,7 +78,8 @@ def _kl_on_grid(ta: torch.Tensor, tb: torch.Tensor, lw: torch.Tensor) -> float:
 def _grid_terms(
     energy: Energy, base: BaseMeasure, axes: list[torch.Tensor], weights: list[torch.Tensor]
 ):
-    """(t, log w) on the grid with t = V − log dP/du (so the density is ∝ w e^{−t})."""
+    """(U, log w) on the grid with the potential U = V − log dP/du (:func:`ebmfit.model.potential`),
+    so that the density is ∝ w e^{−U}."""
     li = grid_log_integrand(energy, base, axes, weights)
     lw = torch.zeros((), dtype=F64)
     for w in weights:
@@ -110,9 +111,9 @@ def _kl_both(model_a: EnergyModel, model_b: EnergyModel, n_cells: int | None, n_
     res = []
     for cells in (n_cells, 2 * n_cells):
         ax, w = gauss_legendre_1d(cells, n_nodes)
-        ta, lw = _grid_terms(model_a.energy_fn, model_a.base, [ax] * d, [w] * d)
-        tb, _ = _grid_terms(model_b.energy_fn, model_b.base, [ax] * d, [w] * d)
-        res.append((_kl_on_grid(ta, tb, lw), _kl_on_grid(tb, ta, lw), 2 * ta.numel()))
+        Ua, lw = _grid_terms(model_a.energy_fn, model_a.base, [ax] * d, [w] * d)
+        Ub, _ = _grid_terms(model_b.energy_fn, model_b.base, [ax] * d, [w] * d)
+        res.append((_kl_on_grid(Ua, Ub, lw), _kl_on_grid(Ub, Ua, lw), 2 * Ua.numel()))
     n = res[0][2] + res[1][2]
     method = f"gauss-legendre {2 * n_cells}x{n_nodes} per axis"
     ab = KLEstimate(res[1][0], abs(res[1][0] - res[0][0]), method, n)
@@ -130,8 +131,8 @@ def kl_quadrature(
     r""":math:`\mathrm{KL}(Q_a\,\|\,Q_b)` by tensor composite Gauss–Legendre quadrature (d ≤ 3).
 
     Computed in log space on the unit cube as
-    :math:`\mathbb{E}_{Q_a}[t_b - t_a] + \log Z_b - \log Z_a` with :math:`t = V - \log dP/du`
-    (the form :func:`_kl_on_grid` evaluates without cancellation), at ``n_cells`` and
+    :math:`\mathbb{E}_{Q_a}[U_b - U_a] + \log Z_b - \log Z_a` with the potential
+    :math:`U = V - \log dP/du` (the form :func:`_kl_on_grid` evaluates without cancellation), at ``n_cells`` and
     ``2·n_cells`` cells per axis (``n_nodes`` nodes each); the finer value is returned with the
     difference as ``error``.  The models must share the box (bases may differ).
     """
