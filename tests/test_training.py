@@ -11,7 +11,14 @@ from ebmfit.base import Uniform
 from ebmfit.energies import CosineEnergy, LegendreEnergy, MLPEnergy, SplineEnergy
 from ebmfit.energies.base import Energy
 from ebmfit.partition import gauss_legendre_1d
-from ebmfit.training import FitError, ImportanceNegatives, ShiftedGridNegatives, fit_convex, fit_sgd
+from ebmfit.training import (
+    FitError,
+    FitWarning,
+    ImportanceNegatives,
+    ShiftedGridNegatives,
+    fit_convex,
+    fit_sgd,
+)
 from ebmfit.training.convex import _objective, training_rule
 from ebmfit.training.fit import validation_nll
 
@@ -126,10 +133,11 @@ class _Exploding(Energy):
 
 
 def test_divergence_is_detected_rolled_back_then_reported():
+    """A run that keeps diverging stops, keeps its best validated state and warns."""
     e = _Exploding()
     U = _data(400)
-    with pytest.raises(FitError, match="diverged"):
-        fit_sgd(
+    with pytest.warns(FitWarning, match="diverged.*kept the best validated state"):
+        res = fit_sgd(
             e,
             U[:300],
             U[300:],
@@ -140,5 +148,29 @@ def test_divergence_is_detected_rolled_back_then_reported():
             max_retries=2,
             generator=torch.Generator().manual_seed(0),
         )
+    assert res.stop_reason == "diverged"
+    assert any("kept the best validated state" in h.get("event", "") for h in res.history)
     # the parameter was rolled back to a finite, good state — never patched with a constant
     assert torch.isfinite(e(U)).all()
+    assert res.best_val_nll == pytest.approx(validation_nll(e, U[300:], Uniform(2)))
+
+
+class _AlwaysNaN(_Exploding):
+    def forward(self, u):
+        return torch.full_like(u[:, 0], math.nan) + self.a
+
+
+def test_divergence_without_a_usable_state_raises():
+    """FitError only when no validated state is usable (here: NaN from the start)."""
+    U = _data(200)
+    with pytest.raises(FitError, match="no validated state is usable"):
+        fit_sgd(
+            _AlwaysNaN(),
+            U[:150],
+            U[150:],
+            ShiftedGridNegatives(2, 16),
+            max_iter=50,
+            val_every=5,
+            max_retries=1,
+            generator=torch.Generator().manual_seed(0),
+        )

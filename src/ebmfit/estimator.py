@@ -17,38 +17,50 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._validation import check_n_samples, check_params
-from .base import TruncatedGMMBase, Uniform
+from ._validation import check_n_samples, check_params, resolve_device
+from .base import Uniform
 from .domain import Box, DataError, check_matrix
-from .energies import FAMILIES, CosineEnergy, Energy, LegendreEnergy, MLPEnergy, SplineEnergy
+from .energies import (
+    FAMILIES,
+    CosineEnergy,
+    Energy,
+    LegendreEnergy,
+    MLPEnergy,
+    ResidualEnergy,
+    SplineEnergy,
+    ZeroEnergy,
+)
+from .fitting import BASES, NEGATIVE_PHASES, fit_base, fit_energy, make_negative_phase, refit_base
 from .model import EnergyModel
 from .partition.quadrature import MAX_DIM
-from .training import (
-    ImportanceNegatives,
-    PersistentChains,
-    ShiftedGridNegatives,
-    ShortRunChains,
-    fit_convex,
-    fit_sgd,
-)
+from .partition.result import LogZ
+from .selection import Selection, choose, defend, honest_log_partition, row_log_likelihood
 
-__all__ = ["NEGATIVE_PHASES", "EnergyDensity", "default_energy", "make_negative_phase"]
+__all__ = [
+    "BASES",
+    "NEGATIVE_PHASES",
+    "RESIDUAL_BOUND",
+    "EnergyDensity",
+    "default_energy",
+    "make_negative_phase",
+]
 
 MIN_SAMPLES = 10
 
-#: Names accepted by ``EnergyDensity(negative_phase=...)``.
-NEGATIVE_PHASES = ("auto", "exact", "pcd", "cd", "importance")
-
-#: Default persistent-chain and short-run settings above d = 3 (see :func:`make_negative_phase`).
-PCD_CHAINS, PCD_STEPS, PCD_REINIT = 512, 5, 0.25
-CD_CHAINS, CD_STEPS = 512, 10
+#: Default bound s of the residual energy V = s tanh(f / s) above d = 3 (nats).
+RESIDUAL_BOUND = 3.0
 
 
 def default_energy(family: str, dim: int, params: dict | None = None) -> Energy:
-    """Build an energy of ``family`` for dimension ``dim`` with robust default sizes."""
+    """Build an energy of ``family`` for dimension ``dim`` with robust default sizes.
+
+    ``"residual"`` is a bounded correction ``ResidualEnergy(MLPEnergy(...), bound)`` whose
+    output layer starts at zero (V ≡ 0: the model starts as its base); its ``params`` are the
+    MLP's, plus ``bound`` (default :data:`RESIDUAL_BOUND`).
+    """
     params = dict(params or {})
     if family == "auto":
-        family = "spline" if dim <= MAX_DIM else "mlp"
+        family = "spline" if dim <= MAX_DIM else "residual"
     if family == "spline":
         params.setdefault("n_basis", {1: 64, 2: 48, 3: 20}.get(dim, 8))
         return SplineEnergy(dim, **params)
@@ -58,48 +70,22 @@ def default_energy(family: str, dim: int, params: dict | None = None) -> Energy:
     if family == "cosine":
         params.setdefault("n_freq", {1: 64, 2: 40, 3: 16}.get(dim, 4))
         return CosineEnergy(dim, **params)
+    if family == "residual":
+        bound = float(params.pop("bound", RESIDUAL_BOUND))
+        # a correction to a fitted base is smooth: low Fourier frequencies
+        params.setdefault("fourier_scale", 0.5)
+        params.setdefault("hidden", (64, 64))
+        return ResidualEnergy(MLPEnergy(dim, **params), bound=bound, zero_init=True)
     if family == "mlp":
         if dim > MAX_DIM:
             # frequencies ~ N(0, s²) per axis have norm ≈ s√d: keep the norm at the 2-D value
             params.setdefault("fourier_scale", 3.0 * math.sqrt(2.0 / dim))
         return MLPEnergy(dim, **params)
     raise ValueError(
-        f"unknown energy {family!r}: use 'auto', one of {sorted(set(FAMILIES) - {'quadratic'})}, "
+        f"unknown energy {family!r}: use 'auto', 'residual', "
+        f"one of {sorted(set(FAMILIES) - {'quadratic', 'residual', 'zero'})}, "
         "or pass an Energy instance"
     )
-
-
-def make_negative_phase(name: str, dim: int, base, U_train: torch.Tensor | None = None):
-    """The negative-phase strategy called ``name`` (see ``EnergyDensity(negative_phase=...)``).
-
-    ``"auto"`` is ``"exact"`` for d ≤ 3 and ``"pcd"`` above.  ``"exact"``: randomly shifted
-    tensor quadrature (d ≤ 3 only).  ``"pcd"``: 512 persistent reflected-MALA chains, 5
-    transitions per step, a quarter of them offered a Metropolis restart from the base per
-    step.  ``"cd"``: CD-10, 512 short-run MALA chains started at data rows.  ``"importance"``:
-    self-normalised importance sampling from the base (8192 draws per step).
-    """
-    if name == "auto":
-        name = "exact" if dim <= MAX_DIM else "pcd"
-    if name == "exact":
-        if dim > MAX_DIM:
-            raise ValueError(
-                f"negative_phase='exact' (tensor quadrature) is limited to d <= {MAX_DIM}, got "
-                f"d={dim}; use 'pcd', 'cd' or 'importance'"
-            )
-        return ShiftedGridNegatives(dim, base=base)
-    if name == "pcd":
-        return PersistentChains(dim, PCD_CHAINS, "mala", PCD_STEPS, PCD_REINIT, base)
-    if name == "cd":
-        return ShortRunChains(dim, CD_CHAINS, CD_STEPS, "data", U_train, "mala", base)
-    if name == "importance":
-        return ImportanceNegatives(dim, base=base)
-    raise ValueError(f"unknown negative_phase {name!r}: use one of {NEGATIVE_PHASES}")
-
-
-def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class EnergyDensity(DensityMixin, BaseEstimator):
@@ -248,7 +234,14 @@ class EnergyDensity(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None):
-        """Fit the density to X of shape (n_samples, n_features). Returns self."""
+        """Fit the density to X of shape (n_samples, n_features). Returns self.
+
+        Fits the base on the training split (its structure chosen on the validation split),
+        fits each candidate energy on it, scores every candidate — the base alone included —
+        on the validation split with an honest log Z (:mod:`ebmfit.selection`), keeps the
+        best (``selection_``) and refits it on all rows where that is well defined (the base
+        alone, the convex spline at its penalty).
+        """
         t0 = time.perf_counter()
         X = self._check_X(X, reset=True)
         check_params(self, X.shape[0])
@@ -261,98 +254,130 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         d = X.shape[1]
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(0, 2**31 - 1))
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         gen = torch.Generator(device=device).manual_seed(seed)
-        if self.base not in ("auto", "uniform", "gmm"):
-            raise ValueError(f"base must be 'auto', 'uniform' or 'gmm', got {self.base!r}")
-        base_name = self.base
-        if base_name == "auto":
-            base_name = "uniform" if X.shape[1] <= MAX_DIM else "gmm"
+        if not isinstance(self.base, str) or self.base not in BASES:
+            raise ValueError(f"base must be one of {BASES}, got {self.base!r}")
         phase = self.negative_phase
         if isinstance(phase, str) and phase not in NEGATIVE_PHASES:
             raise ValueError(f"unknown negative_phase {phase!r}: use one of {NEGATIVE_PHASES}")
         if not isinstance(phase, str) and not callable(phase):
             raise ValueError("negative_phase must be a name or a callable strategy")
-        if isinstance(self.energy, Energy):
-            energy = self._copy_energy(self.energy)
-        else:
-            params = dict(self.energy_params or {})
-            family = self.energy
-            if family == "auto" and base_name == "gmm" and d > MAX_DIM:
-                family = "mlp"
-            if family in ("mlp",) or (family == "auto" and d > MAX_DIM):
-                params.setdefault("seed", seed)
-                if base_name == "gmm":
-                    params.setdefault("fourier_scale", 0.5)
-            energy = default_energy(family, d, params)
-        if energy.dim != d:
-            raise ValueError(f"energy has dim {energy.dim} but X has {d} columns")
-        energy = energy.to(device)
+        if not isinstance(phase, str):
+            phase = self._copy_energy(phase)
         U = torch.as_tensor(box.to_unit(X), device=device)
         perm = torch.as_tensor(rng.permutation(X.shape[0]), device=device)
         n_val = max(1, int(round(self.validation_fraction * X.shape[0])))
         U_val, U_tr = U[perm[:n_val]], U[perm[n_val:]]
-        convex = energy.is_linear and phase in ("auto", "exact")
-        if base_name == "gmm":
-            base = TruncatedGMMBase.fit(U_tr.cpu().numpy(), random_state=seed % (2**31))
-        else:
-            base = Uniform(d)
-        if convex:
-            it = self.max_iter or 100
-            res = fit_convex(
+
+        base = fit_base(self.base, U_tr, U_val, seed)
+        fitted = {"base": (ZeroEnergy(d).to(device), base, None, None)}
+        for name, energy, cbase in self._candidates(d, base, seed, device):
+            res, refit = fit_energy(
                 energy,
+                cbase,
                 U_tr,
                 U_val,
-                max_iter=it,
-                refit_max_iter=10 * it,
-                base=base,
-                progress=self.verbose,
-            )
-        else:
-            if isinstance(phase, str):
-                neg = make_negative_phase(phase, d, base, U_tr)
-            else:
-                neg = self._copy_energy(phase)
-            mc = not isinstance(neg, ShiftedGridNegatives)
-            res = fit_sgd(
-                energy,
-                U_tr,
-                U_val,
-                neg,
-                base=base,
-                max_iter=self.max_iter or 2000,
+                phase=phase,
+                max_iter=self.max_iter,
                 lr=self.lr,
-                batch_size=1024 if mc else None,
                 generator=gen,
                 progress=self.verbose,
             )
-        energy.eval()
+            energy.eval()
+            fitted[name] = (energy, cbase, res, refit)
+
+        # every candidate on the validation rows, each with a log Z of its own honest rule
+        g_val = torch.Generator(device=device).manual_seed(seed + 2)
+        # and every correction mixed with its base, (1 - ε) Q_V + ε P (a floor for gaps)
+        logz, rows, mix = {}, {}, {}
+        for name, (energy, cbase, res, refit) in fitted.items():
+            lz = honest_log_partition(energy, cbase, generator=g_val)
+            if name != "base":
+                energy, lz = defend(energy, cbase, U_val, lz)
+                mix[name] = energy.mix
+                fitted[name] = (energy, cbase, res, refit)
+            logz[name] = lz
+            rows[name] = row_log_likelihood(energy, cbase, U_val, lz)
+        self.selection_ = choose(rows, logz, incumbent="base", log_volume=box.log_volume)
+        chosen = self.selection_.chosen
+        energy, base, res, refit = fitted[chosen]
+        lz_known = logz[chosen]
+        if chosen == "base":
+            base = refit_base(base, U, seed)
+        elif refit is not None:  # refit V on all rows, then renormalize and re-mix
+            res = refit()
+            inner = energy.inner
+            lz_inner = honest_log_partition(inner, base, generator=g_val)
+            energy, lz_known = defend(inner, base, U_val, lz_inner, grid=(mix[chosen],))
         self.energy_ = energy
         self.domain_ = box
         self.base_ = base
         self.model_ = EnergyModel(energy, box, base)
-        self.log_partition_ = self._log_partition(self.log_partition, seed, device)
-        self.n_iter_ = res.n_iter
-        self.history_ = res.history
-        self.stop_reason_ = res.stop_reason
-        self.fit_warnings_ = list(getattr(res, "warnings", []))
+        self.log_partition_ = self._log_partition(self.log_partition, seed, device, lz_known)
+        self.n_iter_ = 0 if res is None else res.n_iter
+        self.history_ = [] if res is None else res.history
+        self.stop_reason_ = "selected the base" if res is None else res.stop_reason
+        self.fit_warnings_ = [] if res is None else list(res.warnings)
         self.fit_time_ = time.perf_counter() - t0
         return self
 
-    def _log_partition(self, method: str, seed: int, device):
+    def _candidates(self, d: int, base, seed: int, device):
+        """The policy: ``(name, energy, base)`` of every candidate beside the base alone."""
+        if isinstance(self.energy, Energy):
+            energy = self._copy_energy(self.energy)
+            if energy.dim != d:
+                raise ValueError(f"energy has dim {energy.dim} but X has {d} columns")
+            return [(f"{energy.family}|base", energy.to(device), base)]
+        family = self.energy
+        if not isinstance(family, str):
+            raise ValueError(f"energy must be a family name or an Energy, got {family!r}")
+        params = dict(self.energy_params or {})
+        if family == "auto" and isinstance(base, Uniform) and d > MAX_DIM:
+            family = "mlp"  # no base to correct: a free energy, sampled by persistent chains
+        if family == "auto" and d > MAX_DIM:
+            family = "residual"
+        if family in ("mlp", "residual"):
+            params.setdefault("seed", seed)
+        out = [(f"{family}|base", default_energy(family, d, params).to(device), base)]
+        if family == "auto" and d <= MAX_DIM:
+            out = [("spline|base", default_energy("spline", d, params).to(device), base)]
+            if not isinstance(base, Uniform):  # the exact nonparametric fit needs no base
+                out.append(
+                    ("spline|uniform", default_energy("spline", d, params).to(device), Uniform(d))
+                )
+        return out
+
+    def _log_partition(self, method: str, seed: int, device, known: LogZ | None = None) -> LogZ:
+        """log Z of the fitted model by ``method`` (``"auto"``: exact for V ≡ 0, quadrature for
+        the uniform base in d ≤ 3, importance sampling from a fitted base, AIS otherwise)."""
         d = self.model_.dim
+        zero = self.energy_.family == "zero"
+        uniform = isinstance(self.base_, Uniform)
         if method == "auto":
-            method = "quadrature" if d <= MAX_DIM else "ais"
-        if method in ("ais", "importance"):
+            if zero:
+                method = "exact"
+            elif uniform:
+                method = "quadrature" if d <= MAX_DIM else "ais"
+            else:
+                method = "importance"
+        if method == "exact":
+            if not zero:
+                raise ValueError("log_partition='exact' needs V = 0 (the base alone)")
+            lz = LogZ(0.0, 0.0, "exact", 0, "none")
+        elif known is not None and known.method == method:
+            lz = known  # the selection already computed it by this very rule
+        elif method in ("ais", "importance"):
             from .partition import log_partition_ais, log_partition_importance
 
             gen = torch.Generator(device=device).manual_seed(seed + 1)
             fn = log_partition_ais if method == "ais" else log_partition_importance
             lz = fn(self.energy_, self.base_, generator=gen).logz
-            self.model_.log_partition_ = lz
-            return lz
-        kwargs = {"random_state": seed} if method == "qmc" else {}
-        return self.model_.log_partition(method=method, **kwargs)
+        else:
+            kwargs = {"random_state": seed} if method == "qmc" else {}
+            return self.model_.log_partition(method=method, **kwargs)
+        self.model_.log_partition_ = lz
+        return lz
 
     @staticmethod
     def _copy_energy(energy: Energy) -> Energy:
@@ -407,6 +432,11 @@ class EnergyDensity(DensityMixin, BaseEstimator):
             "fit_time": float(self.fit_time_),
             "stop_reason": str(self.stop_reason_),
         }
+        sel = getattr(self, "selection_", None)
+        if isinstance(sel, Selection):
+            extra["selection"] = sel.to_dict()
+        elif isinstance(sel, dict):
+            extra["selection"] = sel
         if hasattr(self, "feature_names_in_"):
             extra["feature_names"] = [str(c) for c in self.feature_names_in_]
         save_model(self.model_, path, extra=extra)
@@ -417,9 +447,10 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         from .io import load_model_with_extra
 
         model, extra = load_model_with_extra(path)
+        kinds = {"uniform": "uniform", "truncated_gmm": "truncated_gmm", "logit_gmm": "logit_gmm"}
         est = cls(
             energy=model.energy_fn.family,
-            base="uniform" if isinstance(model.base, Uniform) else "gmm",
+            base=kinds.get(model.base.to_dict().get("kind"), "auto"),
         )
         est.model_ = model
         est.base_ = model.base
@@ -432,6 +463,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         est.fit_warnings_ = []
         est.stop_reason_ = extra.get("stop_reason", "loaded")
         est.fit_time_ = float(extra.get("fit_time", math.nan))
+        est.selection_ = extra.get("selection")
         if "feature_names" in extra:
             est.feature_names_in_ = np.asarray(extra["feature_names"], dtype=object)
         return est

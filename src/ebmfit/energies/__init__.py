@@ -4,21 +4,27 @@ from __future__ import annotations
 
 from .analytic import CallableEnergy, QuadraticEnergy
 from .base import Energy, LinearEnergy
+from .defensive import DefensiveEnergy
 from .fourier import CosineEnergy
 from .legendre import LegendreEnergy
 from .mlp import MLPEnergy
+from .residual import ResidualEnergy
 from .spline import SplineEnergy
+from .zero import ZeroEnergy
 
 __all__ = [
     "FAMILIES",
     "CallableEnergy",
     "CosineEnergy",
+    "DefensiveEnergy",
     "Energy",
     "LegendreEnergy",
     "LinearEnergy",
     "MLPEnergy",
     "QuadraticEnergy",
+    "ResidualEnergy",
     "SplineEnergy",
+    "ZeroEnergy",
     "make_energy",
 ]
 
@@ -28,6 +34,9 @@ FAMILIES = {
     "cosine": CosineEnergy,
     "spline": SplineEnergy,
     "quadratic": QuadraticEnergy,
+    "residual": ResidualEnergy,
+    "defensive": DefensiveEnergy,
+    "zero": ZeroEnergy,
 }
 
 

@@ -13,7 +13,8 @@ Validation uses an independent, finer rule (:func:`ebmfit.partition.quadrature` 
 otherwise scrambled Sobol for the uniform base and importance sampling from a fixed draw of the
 base for a fitted base) and keeps the best state.  A non-finite loss or energy is never
 patched: the last good state is restored and the learning rate halved; after ``max_retries``
-such events the fit stops with :class:`FitError`.
+such events the fit stops, keeps its best validated state and emits a :class:`FitWarning`
+(:class:`FitError` only when no validated state is usable).
 
 **Stability diagnostics** (:class:`StabilityMonitor`).  Every step records what the negative
 phase saw: the strategy's ``last_info`` (acceptance rate and step size of MCMC chains), the
@@ -220,6 +221,21 @@ class _Tracker:
         )
 
 
+def _give_up(msg: str, best: dict, history: list[dict], energy) -> str:
+    """Divergence beyond the retries: keep the best validated state and warn, or raise.
+
+    :class:`FitError` only when no validated state is usable (its validation NLL is not
+    finite); otherwise a :class:`FitWarning` says what diverged and what was kept.
+    """
+    energy.load_state_dict(best["state"])  # leave the energy at its best good state
+    if not math.isfinite(best["val"]):
+        raise FitError(f"{msg}; no validated state is usable")
+    kept = f"kept the best validated state (iteration {best['it']}, validation NLL {best['val']:.4f})"
+    history.append({"iter": best["it"], "event": f"{msg}; {kept}"})
+    warnings.warn(f"{msg}; {kept}", FitWarning, stacklevel=3)
+    return "diverged"
+
+
 @torch.no_grad()
 def mean_energy(energy, U: torch.Tensor, chunk: int = 65536) -> float:
     dt = energy.param_dtype()
@@ -256,7 +272,8 @@ def fit_sgd(
     :mod:`ebmfit.training.negatives`.  ``monitor``: thresholds of the stability diagnostics
     (default :class:`StabilityMonitor`); what it reported is in ``FitResult.warnings``.
     Returns a :class:`FitResult`; ``energy`` is left at its best-validation state (also when
-    :class:`FitError` is raised).
+    the run diverged: ``stop_reason == "diverged"`` with a :class:`FitWarning`, or when
+    :class:`FitError` is raised because no validated state is usable).
     """
     base = base if base is not None else Uniform(energy.dim)
     monitor = monitor if monitor is not None else StabilityMonitor()
@@ -303,13 +320,12 @@ def fit_sgd(
         if not finite:
             retries += 1
             if retries > max_retries:
-                bar.close()
-                energy.load_state_dict(best["state"])  # leave the energy at its best good state
-                raise FitError(
+                msg = (
                     f"training diverged at iteration {it} ({why}) and did not "
-                    f"recover after {max_retries} restarts with smaller learning rates; "
-                    f"best validation NLL {best['val']:.4f} at iteration {best['it']}"
+                    f"recover after {max_retries} restarts with smaller learning rates"
                 )
+                reason = _give_up(msg, best, history, energy)
+                break
             energy.load_state_dict(good_state[0])
             opt.load_state_dict(good_state[1])
             for g in opt.param_groups:
@@ -355,9 +371,9 @@ def fit_sgd(
             if not math.isfinite(val):
                 retries += 1
                 if retries > max_retries:
-                    bar.close()
-                    energy.load_state_dict(best["state"])
-                    raise FitError(f"validation NLL became non-finite at iteration {it}")
+                    msg = f"validation NLL became non-finite at iteration {it}"
+                    reason = _give_up(msg, best, history, energy)
+                    break
                 energy.load_state_dict(good_state[0])
                 opt.load_state_dict(good_state[1])
                 continue

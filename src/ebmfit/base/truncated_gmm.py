@@ -1,12 +1,7 @@
-r"""Base measures :math:`P` on the unit cube.
+r""":class:`TruncatedGMMBase`: axis-aligned Gaussians, each truncated to the cube.
 
-A model is :math:`Q_V = e^{-V}\,dP / \mathbb{E}_P[e^{-V}]`.  A base exposes its log-density
-with respect to Lebesgue measure on :math:`[0,1]^d` and an exact sampler.
-
-- :class:`Uniform`: Lebesgue measure on the cube (the default).
-- :class:`TruncatedGMMBase`: a mixture of axis-aligned Gaussians, each truncated to the cube,
-  optionally mixed with the uniform; fitted to the data first, so that V only has to learn a
-  correction (the seed's KL bound and universality hold for any base).
+A mixture of diagonal Gaussians restricted to :math:`[0,1]^d`, optionally mixed with the
+uniform; exactly normalized (products of :math:`\Phi` differences) with an exact sampler.
 """
 
 from __future__ import annotations
@@ -17,52 +12,11 @@ import numpy as np
 import torch
 from scipy import special
 
-__all__ = ["BaseMeasure", "TruncatedGMMBase", "Uniform", "base_from_dict"]
+from .measure import BaseMeasure
+
+__all__ = ["TruncatedGMMBase"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-class BaseMeasure:
-    """Interface: ``log_prob(u)`` of shape (n,) for u of shape (n, d); ``sample(n, generator)``."""
-
-    dim: int
-
-    def log_prob(self, u: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def sample(
-        self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float64, device=None
-    ) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def to_dict(self) -> dict:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class Uniform(BaseMeasure):
-    r"""The uniform (Lebesgue) measure on :math:`[0,1]^d`: :math:`\log dP/du = 0` inside."""
-
-    def __init__(self, dim: int):
-        self.dim = int(dim)
-
-    def log_prob(self, u: torch.Tensor) -> torch.Tensor:
-        inside = ((u >= 0) & (u <= 1)).all(dim=-1)
-        zero = torch.zeros(u.shape[:-1], dtype=u.dtype, device=u.device)
-        return torch.where(inside, zero, torch.full_like(zero, -torch.inf))
-
-    def sample(
-        self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float64, device=None
-    ) -> torch.Tensor:
-        device = (
-            device if device is not None else (generator.device if generator is not None else None)
-        )
-        return torch.rand(n, self.dim, generator=generator, dtype=dtype, device=device)
-
-    def to_dict(self) -> dict:
-        return {"kind": "uniform", "dim": self.dim}
-
-    def __repr__(self) -> str:
-        return f"Uniform(dim={self.dim})"
 
 
 # ----------------------------------------------------------------------------- truncated normal
@@ -268,18 +222,3 @@ class TruncatedGMMBase(BaseMeasure):
             f"TruncatedGMMBase(dim={self.dim}, n_components={self.n_components}, "
             f"uniform_weight={self.uniform_weight:g})"
         )
-
-
-def base_from_dict(d: dict) -> BaseMeasure:
-    """Rebuild a base measure from :meth:`BaseMeasure.to_dict` output."""
-    kind = d.get("kind")
-    if kind == "uniform":
-        return Uniform(int(d["dim"]))
-    if kind == "truncated_gmm":
-        base = TruncatedGMMBase(
-            d["weights"], d["means"], d["stds"], uniform_weight=float(d.get("uniform_weight", 0))
-        )
-        if base.dim != int(d["dim"]):
-            raise ValueError(f"truncated_gmm: dim {d['dim']} but means have {base.dim} columns")
-        return base
-    raise ValueError(f"unknown base measure {kind!r}")

@@ -1,0 +1,168 @@
+r"""How one candidate of :class:`~ebmfit.EnergyDensity` is fitted: bases and energies.
+
+The estimator decides *what* to fit (its policy); this module knows *how*:
+
+- :func:`fit_base` fits a base measure to the training rows (choosing its structure on the
+  validation rows) and :func:`refit_base` refits the chosen structure on all rows;
+- :func:`fit_energy` fits V on a given base — the convex penalised likelihood for linear
+  energies with the exact negative phase, Adam on the gradient identity otherwise — and
+  returns its :class:`~ebmfit.training.FitResult` with a function that refits it on all rows
+  (the convex fit at its selected penalty) or ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .base import BaseMeasure, LogitGMMBase, TruncatedGMMBase, Uniform
+from .training import (
+    FitResult,
+    ImportanceNegatives,
+    PersistentChains,
+    ShiftedGridNegatives,
+    ShortRunChains,
+    fit_convex,
+    fit_sgd,
+)
+
+__all__ = [
+    "BASES",
+    "NEGATIVE_PHASES",
+    "fit_base",
+    "fit_energy",
+    "make_negative_phase",
+    "refit_base",
+]
+
+#: Names accepted by ``EnergyDensity(base=...)``.
+BASES = ("auto", "logit_gmm", "uniform", "gmm", "truncated_gmm", "flow")
+#: Names accepted by ``EnergyDensity(negative_phase=...)``.
+NEGATIVE_PHASES = ("auto", "exact", "pcd", "cd", "importance")
+
+#: Persistent-chain and short-run settings (see :func:`make_negative_phase`).
+PCD_CHAINS, PCD_STEPS, PCD_REINIT = 512, 5, 0.25
+CD_CHAINS, CD_STEPS = 512, 10
+#: Importance-sampling draws from the base per step.
+IS_DRAWS = 8192
+MAX_EXACT_DIM = 3
+
+
+def fit_base(kind: str, U_tr: torch.Tensor, U_val: torch.Tensor, seed: int) -> BaseMeasure:
+    """The base called ``kind`` (``"auto"`` = ``"logit_gmm"``) fitted to the unit-cube rows."""
+    d = U_tr.shape[1]
+    if kind == "uniform":
+        return Uniform(d)
+    if kind in ("auto", "logit_gmm"):
+        return LogitGMMBase.fit(U_tr, U_val, random_state=seed)
+    if kind in ("gmm", "truncated_gmm"):
+        return TruncatedGMMBase.fit(U_tr.cpu().numpy(), random_state=seed % (2**31))
+    if kind == "flow":
+        from .base.flow import FlowBase
+
+        return FlowBase.fit(U_tr, U_val, random_state=seed)
+    raise ValueError(f"base must be one of {BASES}, got {kind!r}")
+
+
+def refit_base(base: BaseMeasure, U_all: torch.Tensor, seed: int) -> BaseMeasure:
+    """Refit ``base``'s chosen structure on all rows (the flow and the uniform are kept)."""
+    if isinstance(base, LogitGMMBase) and getattr(base, "selected", None):
+        return base.refit(U_all, random_state=seed)
+    if isinstance(base, TruncatedGMMBase):
+        return TruncatedGMMBase.fit(U_all.cpu().numpy(), random_state=seed % (2**31))
+    return base
+
+
+def make_negative_phase(
+    name: str, dim: int, base, U_train: torch.Tensor | None = None, is_draws: int = IS_DRAWS
+):
+    """The negative-phase strategy called ``name`` (see ``EnergyDensity(negative_phase=...)``).
+
+    ``"auto"`` is ``"exact"`` for d ≤ 3, ``"importance"`` above on a fitted base and
+    ``"pcd"`` above on the uniform base.  ``"exact"``: randomly shifted tensor quadrature
+    (d ≤ 3 only).  ``"pcd"``: 512 persistent reflected-MALA chains, 5 transitions per step, a
+    quarter of them offered a Metropolis restart from the base per step.  ``"cd"``: CD-10,
+    512 short-run MALA chains started at data rows.  ``"importance"``: self-normalised
+    importance sampling from the base (``is_draws`` per step, default 8192).
+    """
+    if name == "auto":
+        if dim <= MAX_EXACT_DIM:
+            name = "exact"
+        else:
+            name = "pcd" if isinstance(base, Uniform) else "importance"
+    if name == "exact":
+        if dim > MAX_EXACT_DIM:
+            raise ValueError(
+                f"negative_phase='exact' (tensor quadrature) is limited to d <= {MAX_EXACT_DIM}, "
+                f"got d={dim}; use 'pcd', 'cd' or 'importance'"
+            )
+        return ShiftedGridNegatives(dim, base=base)
+    if name == "pcd":
+        return PersistentChains(dim, PCD_CHAINS, "mala", PCD_STEPS, PCD_REINIT, base)
+    if name == "cd":
+        return ShortRunChains(dim, CD_CHAINS, CD_STEPS, "data", U_train, "mala", base)
+    if name == "importance":
+        return ImportanceNegatives(dim, n_samples=is_draws, base=base)
+    raise ValueError(f"unknown negative_phase {name!r}: use one of {NEGATIVE_PHASES}")
+
+
+def fit_energy(
+    energy,
+    base: BaseMeasure,
+    U_tr: torch.Tensor,
+    U_val: torch.Tensor,
+    *,
+    phase,
+    max_iter: int | None,
+    lr: float,
+    generator: torch.Generator,
+    progress: bool = False,
+) -> tuple[FitResult, Callable[[], FitResult] | None]:
+    """Fit ``energy`` on ``base`` (in place); returns its result and a refit-on-all function.
+
+    Linear energies with ``phase`` ``"auto"``/``"exact"`` are solved by
+    :func:`~ebmfit.training.fit_convex` along its penalty path *without* the final refit; the
+    returned function refits on train ∪ validation at the selected penalty.  Everything else
+    is trained by :func:`~ebmfit.training.fit_sgd` (no refit: early stopping used the
+    validation rows).
+    """
+    d = energy.dim
+    if energy.is_linear and phase in ("auto", "exact"):
+        it = max_iter or 100
+        res = fit_convex(
+            energy, U_tr, U_val, max_iter=it, refit=False, base=base, progress=progress
+        )
+        lam = res.history[res.best_iter]["lambda"]
+
+        def refit() -> FitResult:
+            return fit_convex(
+                energy,
+                U_tr,
+                U_val,
+                lambdas=[lam],
+                max_iter=it,
+                refit_max_iter=10 * it,
+                base=base,
+                progress=progress,
+            )
+
+        return res, refit
+    batch = min(1024, U_tr.shape[0])
+    # importance draws: 4 per data row in the batch (a small data set needs few), 1024..8192
+    draws = min(IS_DRAWS, max(1024, 4 * batch))
+    neg = make_negative_phase(phase, d, base, U_tr, draws) if isinstance(phase, str) else phase
+    mc = not isinstance(neg, ShiftedGridNegatives)
+    res = fit_sgd(
+        energy,
+        U_tr,
+        U_val,
+        neg,
+        base=base,
+        max_iter=max_iter or 2000,
+        lr=lr,
+        batch_size=1024 if mc else None,
+        generator=generator,
+        progress=progress,
+    )
+    return res, None
