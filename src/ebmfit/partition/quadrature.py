@@ -11,6 +11,21 @@ degree 2·n_nodes − 1 on every cell).  The error estimate is the difference be
 resolutions (``n_cells`` and ``2·n_cells``); the finer value is returned.  Accumulation is in
 float64; the energy is evaluated in chunks so memory stays bounded.
 
+**The error bar must hold.**  A tensor rule misses (or double-counts) the mass of features
+narrower than its cells, and two resolutions of the same rule can agree on a wrong value.  So
+the result is checked against an *independent* rule before it is returned:
+
+* energies with sound interval bounds (uniform base): an adaptive partition of the cube
+  (:func:`ebmfit.samplers.exact.build_envelope`) refined where the bounds leave slack — where
+  the integrand is peaked — gives a *sound* bracket of log Z and, with Gauss–Legendre on each
+  of its boxes at two orders, an adaptive estimate;
+* otherwise a composite rule with other cells and another order (3·n_cells, n_nodes + 1).
+
+The reported ``stderr`` is at least the disagreement between the two rules (and never wider
+than the sound bracket allows).  When they disagree beyond the claimed error, the adaptive
+value is returned and a :class:`QuadratureWarning` says so; when log Z cannot be pinned to
+``warn_above`` nats, a warning says that too.
+
 A *randomly shifted* rule (nodes moved by a uniform shift modulo 1, independently per axis) is
 an unbiased estimator of Z for any integrand; the fit loop uses it so that a model cannot learn
 to hide mass between fixed nodes.
@@ -19,6 +34,7 @@ to hide mass between fixed nodes.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -28,6 +44,7 @@ from ..energies.base import tensor_grid
 from .result import LogZ
 
 __all__ = [
+    "QuadratureWarning",
     "default_resolution",
     "gauss_legendre_1d",
     "grid_log_integrand",
@@ -35,6 +52,15 @@ __all__ = [
 ]
 
 MAX_DIM = 3
+
+#: nats by which a box's sound upper bound must exceed its estimate to count as hiding mass.
+HIDDEN_LOG_GAP = 20.0
+#: box budget of the adaptive check, by dimension.
+ADAPTIVE_MAX_BOXES = {1: 2**14, 2: 2**17, 3: 2**14}
+
+
+class QuadratureWarning(UserWarning):
+    """The tensor rule and an independent rule disagree, or log Z is poorly determined."""
 
 
 def gauss_legendre_1d(
@@ -85,17 +111,150 @@ def grid_log_integrand(
     return out
 
 
+def _tensor_rule(energy, base, d: int, cells: int, nodes: int) -> tuple[float, int]:
+    ax, w = gauss_legendre_1d(cells, nodes)
+    li = grid_log_integrand(energy, base, [ax] * d, [w] * d)
+    return float(torch.logsumexp(li, 0)), li.numel()
+
+
+def _box_nodes(nodes: int, d: int, device):
+    """Gauss–Legendre nodes (q^d, d) on [0, 1]^d and their log-weights (q^d,)."""
+    x, w = np.polynomial.legendre.leggauss(int(nodes))
+    x = torch.as_tensor((x + 1) / 2, dtype=torch.float64, device=device)
+    lw = torch.log(torch.as_tensor(w / 2, dtype=torch.float64, device=device))
+    ref = torch.stack([g.reshape(-1) for g in torch.meshgrid(*([x] * d), indexing="ij")], -1)
+    lref = torch.stack(torch.meshgrid(*([lw] * d), indexing="ij"), -1).sum(-1).reshape(-1)
+    return ref, lref
+
+
+@torch.no_grad()
+def _boxes_rule(energy, base, lo: torch.Tensor, hi: torch.Tensor, nodes: int, chunk=2**16):
+    r"""Per box, :math:`\log \int_{box} e^{-V} p\,du` by a ``nodes``^d Gauss–Legendre rule,
+    and the largest log-integrand :math:`-V + \log p` at its nodes."""
+    m, d = lo.shape
+    ref, lref = _box_nodes(nodes, d, lo.device)
+    dt = energy.param_dtype()
+    uniform = isinstance(base, Uniform)
+    out, top = [], []
+    per = max(1, chunk // ref.shape[0])
+    for a in range(0, m, per):
+        lo_a, hi_a = lo[a : a + per], hi[a : a + per]
+        pts = (lo_a[:, None] + (hi_a - lo_a)[:, None] * ref[None]).reshape(-1, d)
+        li = -energy(pts.to(dt)).to(torch.float64)
+        if not uniform:
+            li = li + base.log_prob(pts).to(li)
+        li = li.reshape(lo_a.shape[0], -1)
+        logvol = torch.log(torch.prod(hi_a - lo_a, -1))
+        out.append(torch.logsumexp(lref[None] + li, -1) + logvol)
+        top.append(li.amax(-1))
+    return torch.cat(out), torch.cat(top)
+
+
+@torch.no_grad()
+def _adaptive_rule(
+    energy,
+    base,
+    d: int,
+    *,
+    rtol: float = 1e-4,
+    hidden_tol: float = 1e-2,
+    max_boxes: int | None = None,
+):
+    r"""Adaptive Gauss–Legendre on a box partition of the cube: ``(log Z, error in nats,
+    converged, number of boxes still suspect, n_evals)``.
+
+    Every box carries a 5-node and a 3-node tensor rule; their difference is its error.  With
+    sound interval bounds (uniform base) a box may also hide a feature between its nodes: when
+    the bound :math:`-\underline V_C` exceeds the largest node value of :math:`-V` by more than
+    :data:`HIDDEN_LOG_GAP` nats and the mass it would then allow, :math:`|C| e^{-\underline
+    V_C}`, is more than ``hidden_tol`` of Z.  Each round bisects (all axes) the boxes carrying
+    half of the total error and suspect mass, until the error is below ``rtol`` (relative to
+    Z) with no suspect box left, or ``max_boxes`` is reached; only new boxes are evaluated.
+    """
+    dev = energy.param_device()
+    max_boxes = int(max_boxes or ADAPTIVE_MAX_BOXES[d])
+    n0 = {1: 64, 2: 32, 3: 8}[d]
+    ar = torch.arange(n0, dtype=torch.float64, device=dev) / n0
+    lo = torch.stack([g.reshape(-1) for g in torch.meshgrid(*([ar] * d), indexing="ij")], -1)
+    hi = lo + 1.0 / n0
+    corners = torch.cartesian_prod(*[torch.tensor([0, 1], device=dev)] * d).reshape(-1, d)
+    corners = corners.bool()
+    dt = energy.param_dtype()
+    bounds = isinstance(base, Uniform)
+
+    def evaluate(lo, hi):
+        g5, top = _boxes_rule(energy, base, lo, hi, 5)
+        g3, _ = _boxes_rule(energy, base, lo, hi, 3)
+        cap = torch.full_like(g5, -math.inf)  # log of the sound mass bound |C| e^{-V_lo}
+        gap = torch.zeros_like(g5)  # nats the bound allows above the largest node value
+        if bounds:
+            vlo, _ = energy.interval_bounds(lo.to(dt), hi.to(dt))
+            vlo = vlo.to(torch.float64)
+            cap = torch.log(torch.prod(hi - lo, -1)) - vlo
+            gap = (-vlo - top).clamp_min(0)
+        return g5, g3, cap, gap
+
+    try:
+        g5, g3, cap, gap = evaluate(lo, hi)
+    except NotImplementedError:
+        bounds = False
+        g5, g3, cap, gap = evaluate(lo, hi)
+    n_evals = lo.shape[0] * (5**d + 3**d)
+    while True:
+        logz = float(torch.logsumexp(g5, 0))
+        if not math.isfinite(logz):
+            raise FloatingPointError(
+                f"log Z is not finite at the adaptive quadrature nodes: {logz}"
+            )
+        err = (torch.exp(g5 - logz) - torch.exp(g3 - logz)).abs()
+        hidden = torch.nan_to_num(torch.exp(cap - logz), nan=1e300, posinf=1e300)
+        suspect = (gap > HIDDEN_LOG_GAP) & (hidden > hidden_tol)
+        big = torch.where(suspect, hidden, torch.zeros_like(hidden))
+        converged = float(err.sum()) <= rtol
+        if converged and not bool(suspect.any()):
+            break
+        room = (max_boxes - lo.shape[0]) // (2**d - 1)
+        if room <= 0:
+            break
+        score = err + big
+        order = torch.argsort(score, descending=True)
+        cum = torch.cumsum(score[order], 0) / score.sum()
+        k = int(torch.searchsorted(cum, torch.tensor(0.5, dtype=cum.dtype, device=dev))) + 1
+        k = min(max(k, min(16, lo.shape[0])), room)
+        split = torch.zeros(lo.shape[0], dtype=torch.bool, device=dev)
+        split[order[:k]] = True
+        slo, shi = lo[split], hi[split]
+        mid = (slo + shi) / 2
+        clo = torch.where(corners[None], mid[:, None], slo[:, None]).reshape(-1, d)
+        chi = torch.where(corners[None], shi[:, None], mid[:, None]).reshape(-1, d)
+        new = evaluate(clo, chi)
+        n_evals += clo.shape[0] * (5**d + 3**d)
+        keep = ~split
+        lo, hi = torch.cat([lo[keep], clo]), torch.cat([hi[keep], chi])
+        g5, g3, cap, gap = (
+            torch.cat([a[keep], b]) for a, b in zip((g5, g3, cap, gap), new, strict=True)
+        )
+    # the error in nats: log(1 + relative error).  Boxes still suspect when the budget ends
+    # are not added (with loose interval bounds that would be astronomically large): the
+    # caller warns that features below the resolution reached cannot be excluded.
+    return logz, math.log1p(float(err.sum())), converged, int(suspect.sum()), n_evals
+
+
 def log_partition_quadrature(
     energy,
     base: BaseMeasure | None = None,
     *,
     n_cells: int | None = None,
     n_nodes: int | None = None,
+    check: bool = True,
+    warn_above: float = 0.05,
 ) -> LogZ:
     """log Z by composite Gauss–Legendre at ``n_cells`` and ``2·n_cells``; returns :class:`LogZ`.
 
-    ``stderr`` is the absolute difference between the two levels (an error estimate for the
-    coarse level and, for smooth integrands, a generous one for the fine level returned).
+    ``stderr`` is the absolute difference between the two levels, widened to the disagreement
+    with an independent rule (``check=True``, see the module docstring): an error bar that
+    holds for features narrower than the cells too.  Warns (:class:`QuadratureWarning`) when
+    the rules disagree, or when the error exceeds ``warn_above`` nats.
     """
     d = energy.dim
     if d > MAX_DIM:
@@ -109,10 +268,50 @@ def log_partition_quadrature(
     vals = []
     n_evals = 0
     for cells in (n_cells, 2 * n_cells):
-        ax, w = gauss_legendre_1d(cells, n_nodes)
-        li = grid_log_integrand(energy, base, [ax] * d, [w] * d)
-        vals.append(float(torch.logsumexp(li, 0)))
-        n_evals += li.numel()
+        v, n = _tensor_rule(energy, base, d, cells, n_nodes)
+        vals.append(v)
+        n_evals += n
     if not all(math.isfinite(v) for v in vals):
         raise FloatingPointError(f"log Z is not finite at the quadrature nodes: {vals}")
-    return LogZ(vals[1], abs(vals[1] - vals[0]), "gauss-legendre", n_evals, "none")
+    value, err = vals[1], abs(vals[1] - vals[0])
+    if not check:
+        return LogZ(value, err, "gauss-legendre", n_evals, "none")
+    # the check needs to be as accurate as the tensor rule claims, but no more than 1e-4
+    # relative (it is there to catch gross misses) and at least 1e-2
+    alt, alt_err, converged, suspects, n = _adaptive_rule(
+        energy, base, d, rtol=min(1e-2, max(1e-4, err))
+    )
+    n_evals += n
+    method = "gauss-legendre"
+    diff = abs(alt - value)
+    held = diff <= err + alt_err + 1e-10 * (1.0 + abs(value))
+    if not held:
+        warnings.warn(
+            f"log Z: the tensor rule ({value:.6g} ± {err:.2g}) and the adaptive rule "
+            f"({alt:.6g} ± {alt_err:.2g}) disagree by {diff:.3g} nats — the density has "
+            "features narrower than the tensor cells",
+            QuadratureWarning,
+            stacklevel=2,
+        )
+    if alt_err < err or not held:
+        # the adaptive rule, refined where the integrand is peaked, is the better one: report
+        # it; unless it converged, the disagreement is part of the error
+        value, method = alt, "gauss-legendre-adaptive"
+        err = alt_err if converged else max(alt_err, diff)
+    # else: the rules agree within their errors and the tensor rule is the more precise one
+    if not converged or err > warn_above:
+        how = "did not converge" if not converged else "is uncertain"
+        warnings.warn(
+            f"log Z = {value:.6g} is only known to ±{err:.3g} nats (the adaptive rule {how} "
+            "on the density's narrowest features); every score is uncertain by as much",
+            QuadratureWarning,
+            stacklevel=2,
+        )
+    elif suspects and method == "gauss-legendre-adaptive":
+        warnings.warn(
+            f"log Z = {value:.6g} ± {err:.2g}: the energy's interval bounds are too loose to "
+            f"exclude features narrower than the finest boxes in {suspects} place(s)",
+            QuadratureWarning,
+            stacklevel=2,
+        )
+    return LogZ(value, err, method, n_evals, "none")

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["ExactSampleInfo", "build_envelope", "sample_exact"]
+__all__ = ["ExactSampleInfo", "build_envelope", "log_partition_bracket", "sample_exact"]
 
 
 class Envelope(NamedTuple):
@@ -31,6 +31,7 @@ class Envelope(NamedTuple):
     hi: torch.Tensor  # (m, d) box upper corners
     vlo: torch.Tensor  # (m,) sound lower bounds of V on the boxes
     log_mass: torch.Tensor  # (m,) log(|C| e^{-vlo})
+    vhi: torch.Tensor | None = None  # (m,) sound upper bounds of V on the boxes
 
 
 class ExactSampleInfo(NamedTuple):
@@ -133,7 +134,7 @@ def build_envelope(
             "energy lower bound is not finite on some box; cannot sample exactly"
         )
     log_mass = torch.log(torch.prod(hi - lo, -1)) - vlo
-    env = Envelope(lo, hi, vlo, log_mass)
+    env = Envelope(lo, hi, vlo, log_mass, vhi)
     if cache:
         _CACHE[energy] = (key, env)
     return env
@@ -179,6 +180,14 @@ def sample_exact(
     samples = torch.cat(out)[:n]
     info = ExactSampleInfo(n_prop, n_acc, n_acc / n_prop, int(env.lo.shape[0]))
     return samples, info
+
+
+def log_partition_bracket(env: Envelope) -> tuple[float, float]:
+    r"""Sound bounds ``(lower, upper)`` on log Z (uniform base) from the envelope's boxes:
+    :math:`\sum_c |C_c| e^{-\overline V_c} \le Z \le \sum_c |C_c| e^{-\underline V_c}`."""
+    logvol = torch.log(torch.prod(env.hi - env.lo, -1))
+    lower = float(torch.logsumexp(logvol - env.vhi, 0)) if env.vhi is not None else -math.inf
+    return lower, log_partition_from_envelope(env)
 
 
 def log_partition_from_envelope(env: Envelope) -> float:
