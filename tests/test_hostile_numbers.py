@@ -122,3 +122,57 @@ def test_adaptive_rule_with_a_fitted_base_integrates_the_base():
         warnings.simplefilter("ignore", QuadratureWarning)
         lz = log_partition_quadrature(e, base)
     assert abs(lz.value) <= max(lz.stderr, 1e-8), lz
+
+
+# --------------------------------------------------------------------------- model selection
+def _bimodal(n: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return (np.where(rng.random(n) < 0.5, -3.0, 3.0) + 0.6 * rng.standard_t(4, n))[:, None]
+
+
+def test_grid_search_with_the_data_derived_box_is_meaningful():
+    """Held-out rows beyond their fold's box used to score -inf for every candidate (an
+    arbitrary best_params_); censored at the box they give finite scores that rank a
+    unimodal model (degree 2) below a bimodal one (degree 16)."""
+    import numpy as np
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    from ebmfit import Box, EnergyDensity
+    from ebmfit._heldout import CensoredRowsWarning
+
+    X = _bimodal(300)
+    cv = KFold(3, shuffle=True, random_state=0)
+    outside = 0
+    for tr, te in cv.split(X):  # the precondition: some held-out rows leave their fold's box
+        box = Box.from_data(X[tr], 0.05)
+        outside += int(((X[te] < box.low[0]) | (X[te] > box.high[0])).sum())
+    assert outside > 0
+    est = EnergyDensity("legendre", base="uniform", random_state=0)
+    gs = GridSearchCV(est, {"energy_params": [{"degree": 2}, {"degree": 16}]}, cv=cv)
+    with pytest.warns(CensoredRowsWarning, match="outside the box derived from the training"):
+        gs.fit(X)
+    scores = gs.cv_results_["mean_test_score"]
+    assert np.isfinite(scores).all()
+    assert gs.best_params_ == {"energy_params": {"degree": 16}}
+    # censoring only changes `score`; `score_samples` is still the model's density (-inf out)
+    lo = gs.best_estimator_.domain_.low[0]
+    assert gs.best_estimator_.score_samples(np.array([[lo - 1.0]]))[0] == -np.inf
+
+
+def test_censored_rows_are_scored_at_the_box_and_a_user_box_stays_minus_inf():
+    import numpy as np
+
+    from ebmfit import EnergyDensity
+
+    X = _bimodal(200, seed=1)
+    est = EnergyDensity("legendre", base="uniform", random_state=0).fit(X)
+    lo, hi = est.domain_.low[0], est.domain_.high[0]
+    T = np.array([[lo - 5.0], [0.0], [hi + 1.0]])
+    with pytest.warns(UserWarning, match="2 of 3 row"):
+        s = est.score(T)
+    expected = est.score_samples(np.clip(T, lo, hi)).mean()
+    assert s == pytest.approx(expected, rel=1e-12)
+    user = EnergyDensity("legendre", base="uniform", low=-9.0, high=9.0, random_state=0).fit(X)
+    assert user.score(np.array([[0.0], [9.5]])) == -np.inf

@@ -17,6 +17,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._heldout import heldout_score
 from ._validation import check_n_samples, check_params, resolve_device
 from .base import Uniform
 from .domain import Box, DataError, check_matrix
@@ -396,8 +397,9 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         return self.model_.log_prob(X)
 
     def score(self, X, y=None) -> float:
-        """Mean log-likelihood of the rows of X."""
-        return float(np.mean(self.score_samples(X)))
+        """Mean log-likelihood of the rows of X (with a box from the data, rows outside it are
+        scored at the box, censored: see :mod:`ebmfit._heldout`)."""
+        return heldout_score(self, X)
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Samples from the fitted density, shape (n_samples, n_features).
