@@ -36,6 +36,7 @@ from .model import EnergyModel
 from .partition.quadrature import MAX_DIM
 from .partition.result import LogZ
 from .selection import Selection, choose, defend, honest_log_partition, row_log_likelihood
+from .training._progress import Progress
 
 __all__ = [
     "BASES",
@@ -283,7 +284,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
                 max_iter=self.max_iter,
                 lr=self.lr,
                 generator=gen,
-                progress=self.verbose,
+                progress=Progress(box.log_volume) if self.verbose else False,
             )
             energy.eval()
             fitted[name] = (energy, cbase, res, refit)

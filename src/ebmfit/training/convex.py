@@ -25,11 +25,11 @@ import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..base import BaseMeasure, Uniform
 from ..energies.base import tensor_grid
 from ..partition.quadrature import gauss_legendre_1d
+from ._progress import nll_offset, progress_bar
 from .fit import FitResult, validation_nll
 
 __all__ = ["fit_convex", "training_rule"]
@@ -141,7 +141,8 @@ def fit_convex(
     history: list[dict] = []
     best_val, best_lam, best_coef, best_idx = math.inf, lambdas[0], None, 0
     since_best, total_iter = 0, 0
-    bar = tqdm(lambdas, disable=not progress, desc="penalty path", leave=False)
+    bar = progress_bar(progress, iterable=lambdas, desc="penalty path")
+    off = nll_offset(progress)
     for lam in bar:
         nll, k, gmax = _solve(energy, phi_tr, axes, logw, lam, max_iter)
         total_iter += k
@@ -149,7 +150,7 @@ def fit_convex(
         history.append(
             {"lambda": float(lam), "train_nll": nll, "val_nll": val, "iters": k, "grad_max": gmax}
         )
-        bar.set_postfix(lam=f"{lam:.1e}", val_nll=f"{val:.4f}")
+        bar.set_postfix(lam=f"{lam:.1e}", val_nll=f"{val + off:.4f}")
         if val < best_val - 1e-6:
             best_val, best_lam, best_idx = val, lam, len(history) - 1
             best_coef = energy.coef.detach().clone()
@@ -158,6 +159,7 @@ def fit_convex(
             since_best += 1
             if since_best >= patience:
                 break
+    bar.close()
     if best_coef is None:
         raise FloatingPointError("convex fit: the validation NLL was never finite")
     with torch.no_grad():

@@ -40,7 +40,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from ..base import BaseMeasure, Uniform
 from ..partition.qmc import log_partition_qmc
@@ -50,6 +49,7 @@ from ..partition.quadrature import (
     gauss_legendre_1d,
     grid_log_integrand,
 )
+from ._progress import nll_offset, progress_bar
 from .negatives import NegativePhaseError
 
 __all__ = [
@@ -292,7 +292,8 @@ def fit_sgd(
     good_state = (copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()))
     history: list[dict] = [{"iter": 0, "val_nll": best["val"]}]
     retries, since_best, reason = 0, 0, "max_iter"
-    bar = tqdm(total=max_iter, disable=not progress, desc="fit", leave=False)
+    bar = progress_bar(progress, total=max_iter, desc="fit")
+    off = nll_offset(progress)
     it = 0
     while it < max_iter:
         idx = torch.randint(0, n, (bs,), generator=generator, device=dev) if bs < n else slice(None)
@@ -367,7 +368,7 @@ def fit_sgd(
             row.update(val_nll=val, lr=opt.param_groups[0]["lr"])
             row.update(tracker.summary())
             history.append(row)
-            bar.set_postfix(val_nll=f"{val:.4f}")
+            bar.set_postfix(val_nll=f"{val + off:.4f}")
             if not math.isfinite(val):
                 retries += 1
                 if retries > max_retries:
