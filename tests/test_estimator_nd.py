@@ -12,6 +12,7 @@ from ebmfit.datasets import load_target
 from ebmfit.energies.base import tensor_grid
 from ebmfit.estimator import make_negative_phase
 from ebmfit.partition import gauss_legendre_1d
+from ebmfit.selection import cube_oscillation
 from ebmfit.training import (
     ImportanceNegatives,
     PersistentChains,
@@ -39,6 +40,8 @@ def _fitted5(base):
         random_state=0,
         device="cpu",
         base=base,
+        negative_phase="pcd",
+        selection="none",  # the machinery of the requested model, not the selection
     )
     return est.fit(_data5()[1])
 
@@ -58,7 +61,10 @@ def test_fit_score_sample_in_5d(fitted5, data5):
     est = fitted5
     assert isinstance(est.base_, TruncatedGMMBase if est.base == "gmm" else Uniform)
     lz = est.log_partition_
-    assert lz.method.startswith("ais") and lz.bias == "lower" and 0 < lz.stderr < 0.1
+    # AIS, or importance sampling from the base where V's oscillation is provably small
+    osc = cube_oscillation(est.energy_)
+    assert lz.method.startswith("ais") or (lz.method == "importance" and osc <= 12.0)
+    assert lz.bias == "lower" and 0 < lz.stderr < 0.1
     s = est.score_samples(X_test)
     assert s.shape == (len(X_test),) and np.isfinite(s).all()
     # better than the uniform density (log-density 0 on the unit cube) on held-out data; the
@@ -133,6 +139,7 @@ def test_gmm_base_in_2d_is_normalized():
         random_state=0,
         device="cpu",
         base="gmm",
+        selection="none",
     ).fit(X)
     assert est.energy_.family == "mlp" and isinstance(est.base_, TruncatedGMMBase)
     box = est.domain_
@@ -146,7 +153,12 @@ def test_spline_correction_of_a_gmm_base_is_normalized_and_samples_exactly():
     """Linear energy + fitted base: the convex fit penalises V towards P; still a density."""
     X = np.random.default_rng(1).normal([0.3, 0.7], [0.1, 0.05], (600, 2))
     est = EnergyDensity(
-        "spline", energy_params={"n_basis": 12}, random_state=0, device="cpu", base="gmm"
+        "spline",
+        energy_params={"n_basis": 12},
+        random_state=0,
+        device="cpu",
+        base="gmm",
+        selection="none",
     ).fit(X)
     assert est.energy_.family == "spline" and isinstance(est.base_, TruncatedGMMBase)
     box = est.domain_

@@ -343,7 +343,14 @@ def test_directory_is_not_a_model(tmp_path):
 def _fitted_small(seed: int) -> EnergyDensity:
     """A small fitted model (cached: saving does not change an estimator)."""
     return EnergyDensity(
-        "legendre", energy_params={"degree": 3}, low=LOW, high=HIGH, max_iter=5, random_state=seed
+        "legendre",
+        energy_params={"degree": 3},
+        low=LOW,
+        high=HIGH,
+        max_iter=5,
+        random_state=seed,
+        base="uniform",
+        selection="none",
     ).fit(_data(seed=seed))
 
 

@@ -35,7 +35,14 @@ from .fitting import BASES, NEGATIVE_PHASES, fit_base, fit_energy, make_negative
 from .model import EnergyModel
 from .partition.quadrature import MAX_DIM
 from .partition.result import LogZ
-from .selection import Selection, choose, defend, honest_log_partition, row_log_likelihood
+from .selection import (
+    Selection,
+    choose,
+    defend,
+    honest_log_partition,
+    log_partition_rule,
+    row_log_likelihood,
+)
 from .training._progress import Progress
 
 __all__ = [
@@ -177,6 +184,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         verbose=False,
         negative_phase="auto",
         base="auto",
+        selection="auto",
     ):
         self.energy = energy
         self.energy_params = energy_params
@@ -193,6 +201,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         self.verbose = verbose
         self.negative_phase = negative_phase
         self.base = base
+        self.selection = selection
 
     # ------------------------------------------------------------------ helpers
     def _make_box(self, X: np.ndarray) -> Box:
@@ -260,6 +269,8 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         gen = torch.Generator(device=device).manual_seed(seed)
         if not isinstance(self.base, str) or self.base not in BASES:
             raise ValueError(f"base must be one of {BASES}, got {self.base!r}")
+        if self.selection not in ("auto", "none"):
+            raise ValueError(f"selection must be 'auto' or 'none', got {self.selection!r}")
         phase = self.negative_phase
         if isinstance(phase, str) and phase not in NEGATIVE_PHASES:
             raise ValueError(f"unknown negative_phase {phase!r}: use one of {NEGATIVE_PHASES}")
@@ -271,6 +282,11 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         perm = torch.as_tensor(rng.permutation(X.shape[0]), device=device)
         n_val = max(1, int(round(self.validation_fraction * X.shape[0])))
         U_val, U_tr = U[perm[:n_val]], U[perm[n_val:]]
+        # the validation rows in two halves: one tunes each candidate (penalty path, early
+        # stopping, defensive weight), the other scores the tuned candidates, so that the
+        # selection is not fooled by the tuning's own optimism
+        half = n_val // 2 if n_val >= 4 else 0
+        U_tune, U_sel = (U_val[:half], U_val[half:]) if half else (U_val, U_val)
 
         base = fit_base(self.base, U_tr, U_val, seed)
         fitted = {"base": (ZeroEnergy(d).to(device), base, None, None)}
@@ -279,7 +295,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
                 energy,
                 cbase,
                 U_tr,
-                U_val,
+                U_tune,
                 phase=phase,
                 max_iter=self.max_iter,
                 lr=self.lr,
@@ -295,23 +311,28 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         logz, rows, mix = {}, {}, {}
         for name, (energy, cbase, res, refit) in fitted.items():
             lz = honest_log_partition(energy, cbase, generator=g_val)
-            if name != "base":
-                energy, lz = defend(energy, cbase, U_val, lz)
+            if name != "base" and self.selection == "auto":
+                energy, lz = defend(energy, cbase, U_tune, lz)
                 mix[name] = energy.mix
                 fitted[name] = (energy, cbase, res, refit)
             logz[name] = lz
-            rows[name] = row_log_likelihood(energy, cbase, U_val, lz)
-        self.selection_ = choose(rows, logz, incumbent="base", log_volume=box.log_volume)
+            rows[name] = row_log_likelihood(energy, cbase, U_sel, lz)
+        force = None if self.selection == "auto" else next(k for k in fitted if k != "base")
+        self.selection_ = choose(
+            rows, logz, incumbent="base", log_volume=box.log_volume, force=force
+        )
         chosen = self.selection_.chosen
         energy, base, res, refit = fitted[chosen]
         lz_known = logz[chosen]
         if chosen == "base":
             base = refit_base(base, U, seed)
+        elif refit is not None and chosen not in mix:  # selection="none": refit only
+            res, lz_known = refit(), None
         elif refit is not None:  # refit V on all rows, then renormalize and re-mix
             res = refit()
             inner = energy.inner
             lz_inner = honest_log_partition(inner, base, generator=g_val)
-            energy, lz_known = defend(inner, base, U_val, lz_inner, grid=(mix[chosen],))
+            energy, lz_known = defend(inner, base, U_tune, lz_inner, grid=(mix[chosen],))
         self.energy_ = energy
         self.domain_ = box
         self.base_ = base
@@ -351,18 +372,11 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         return out
 
     def _log_partition(self, method: str, seed: int, device, known: LogZ | None = None) -> LogZ:
-        """log Z of the fitted model by ``method`` (``"auto"``: exact for V ≡ 0, quadrature for
-        the uniform base in d ≤ 3, importance sampling from a fitted base, AIS otherwise)."""
-        d = self.model_.dim
+        """log Z of the fitted model by ``method`` (``"auto"``:
+        :func:`~ebmfit.selection.log_partition_rule`)."""
         zero = self.energy_.family == "zero"
-        uniform = isinstance(self.base_, Uniform)
         if method == "auto":
-            if zero:
-                method = "exact"
-            elif uniform:
-                method = "quadrature" if d <= MAX_DIM else "ais"
-            else:
-                method = "importance"
+            method = log_partition_rule(self.energy_, self.base_)
         if method == "exact":
             if not zero:
                 raise ValueError("log_partition='exact' needs V = 0 (the base alone)")
@@ -450,7 +464,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         from .io import load_model_with_extra
 
         model, extra = load_model_with_extra(path)
-        kinds = {"uniform": "uniform", "truncated_gmm": "truncated_gmm", "logit_gmm": "logit_gmm"}
+        kinds = {"uniform": "uniform", "truncated_gmm": "gmm", "logit_gmm": "logit_gmm"}
         est = cls(
             energy=model.energy_fn.family,
             base=kinds.get(model.base.to_dict().get("kind"), "auto"),

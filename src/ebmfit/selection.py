@@ -5,10 +5,10 @@ Every candidate :math:`(V_c, P_c)` is scored by its validation log-likelihood pe
 .. math:: \ell_c(x_i) = -V_c(u_i) + \log p_c(u_i) - \log \hat Z_c - \log|K|,
 
 with :math:`\log \hat Z_c` from a rule that does not depend on how the candidate was trained:
-exactly 0 for :math:`V \equiv 0`, tensor quadrature for the uniform base in d ≤ 3,
-importance sampling from the (exactly sampled) fitted base — whose weights a bounded residual
-keeps tame — and annealed importance sampling for a free energy on the uniform base above
-d = 3, each with its standard error.  The
+exactly 0 for :math:`V \equiv 0`, tensor quadrature checked against an adaptive rule in
+d ≤ 3, importance sampling from the (exactly sampled) fitted base when V's oscillation over the
+cube is provably small (a bounded residual: weights in :math:`(e^{-s}, e^{s})`), and annealed
+importance sampling otherwise, each with its error.  The
 standard error of the mean validation log-likelihood combines the rows' spread and log Z's:
 
 .. math:: \mathrm{SE}_c = \sqrt{\widehat{\mathrm{Var}}(\ell_c)/n + \mathrm{SE}(\log\hat Z_c)^2}.
@@ -36,27 +36,18 @@ from .partition.result import LogZ
 
 __all__ = [
     "MARGIN_SE",
-    "Candidate",
     "CandidateScore",
     "Selection",
     "choose",
+    "cube_oscillation",
     "defend",
     "honest_log_partition",
+    "log_partition_rule",
     "row_log_likelihood",
 ]
 
 #: A candidate must beat the base by this many standard errors of the paired difference.
 MARGIN_SE = 2.0
-
-
-class Candidate(NamedTuple):
-    """A fitted candidate: its name, energy (on the cube), base and honest log Z."""
-
-    name: str
-    energy: torch.nn.Module
-    base: BaseMeasure
-    logz: LogZ
-    refit: object = None  # a callable that refits it on all rows, or None
 
 
 class CandidateScore(NamedTuple):
@@ -113,17 +104,50 @@ class Selection(NamedTuple):
         }
 
 
+#: Above this oscillation of V over the cube (nats), importance weights from the base are not
+#: provably tame and log Z is annealed instead.
+MAX_IS_OSCILLATION = 12.0
+
+
+@torch.no_grad()
+def cube_oscillation(energy) -> float:
+    """A sound upper bound of sup V − inf V over the cube (interval bounds of one box); inf
+    when the energy has no sound bounds."""
+    d = energy.dim
+    lo = torch.zeros(1, d, dtype=torch.float64, device=energy.param_device())
+    try:
+        L, H = energy.interval_bounds(lo, torch.ones_like(lo))
+    except NotImplementedError:
+        return math.inf
+    osc = float(H.max() - L.min())
+    return osc if math.isfinite(osc) else math.inf
+
+
+def log_partition_rule(energy, base: BaseMeasure) -> str:
+    """The honest default rule for ``e^{-V} dP``: ``"exact"`` (V ≡ 0), ``"quadrature"`` (d ≤ 3,
+    checked against an independent adaptive rule), ``"importance"`` from a fitted base when
+    the weights are provably bounded (:func:`cube_oscillation` ≤
+    :data:`MAX_IS_OSCILLATION`), else ``"ais"``."""
+    if getattr(energy, "family", None) == "zero":
+        return "exact"
+    if energy.dim <= MAX_DIM:  # checked against an adaptive rule (partition/quadrature.py)
+        return "quadrature"
+    if isinstance(base, Uniform):
+        return "ais"
+    return "importance" if cube_oscillation(energy) <= MAX_IS_OSCILLATION else "ais"
+
+
 @torch.no_grad()
 def honest_log_partition(
     energy, base: BaseMeasure, *, generator: torch.Generator, n_samples: int = 65536
 ) -> LogZ:
     """log Z of ``e^{-V} dP`` by a rule independent of training (see the module docstring)."""
-    if getattr(energy, "family", None) == "zero":
+    rule = log_partition_rule(energy, base)
+    if rule == "exact":
         return LogZ(0.0, 0.0, "exact", 0, "none")
-    if isinstance(base, Uniform):
-        if energy.dim <= MAX_DIM:
-            return log_partition_quadrature(energy, base)
-        # a free energy far from the uniform: anneal (importance weights would collapse)
+    if rule == "quadrature":
+        return log_partition_quadrature(energy, base)
+    if rule == "ais":  # weights not provably tame: anneal from the base
         from .partition.ais import log_partition_ais
 
         return log_partition_ais(energy, base, generator=generator).logz
@@ -177,11 +201,13 @@ def choose(
     incumbent: str,
     log_volume: float,
     margin_se: float = MARGIN_SE,
+    force: str | None = None,
 ) -> Selection:
     """Pick a candidate from per-row validation log-likelihoods (see the module docstring).
 
     ``rows[name]``: shape (n_val,) on the cube; ``logz[name]``: its log Z (for the error bar);
-    ``incumbent``: the name of the base alone; ``log_volume``: log |K| (user units).
+    ``incumbent``: the name of the base alone; ``log_volume``: log |K| (user units);
+    ``force``: keep this candidate whatever the scores (they are still recorded).
     """
     base_rows = rows[incumbent]
     n = base_rows.size
@@ -204,8 +230,10 @@ def choose(
         s for s in scores if s[0] != incumbent and math.isfinite(s[1]) and s[3] > margin_se * s[4]
     ]
     best = max(eligible, key=lambda s: s[1])[0] if eligible else incumbent
+    rule = f"beat the base by > {margin_se:g} SE of the paired difference, then highest"
+    if force is not None:  # selection="none": the requested candidate, scored for the record
+        best, rule = force, "none (the requested model is kept)"
     cands = [
         CandidateScore(nm, m, se, dl, dse, logz[nm], nm == best) for nm, m, se, dl, dse in scores
     ]
-    rule = f"beat the base by > {margin_se:g} SE of the paired difference, then highest"
     return Selection(cands, best, int(n), rule)

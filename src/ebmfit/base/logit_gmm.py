@@ -185,10 +185,11 @@ class LogitGMMBase(BaseMeasure):
         comp = torch.multinomial(probs, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=gdev)
         flat = torch.rand(n, self.dim, generator=generator, dtype=torch.float64, device=gdev)
-        g = comp < self.n_components
-        k = comp.clamp_max(self.n_components - 1)
-        y = m[k] + torch.einsum("nij,nj->ni", chol[k], eps)
-        u = torch.where(g[:, None], torch.sigmoid(y), flat)
+        u = flat  # rows of the uniform component keep their uniform draw
+        for k in range(self.n_components):  # one matrix product per component
+            rows = comp == k
+            if rows.any():
+                u[rows] = torch.sigmoid(m[k] + eps[rows] @ chol[k].T)
         return u.to(dtype=dtype, device=device)
 
     # ------------------------------------------------------------------ fitting
@@ -216,7 +217,7 @@ class LogitGMMBase(BaseMeasure):
         max_fit_rows: int = 10_000,
         max_em_iter: int = 100,
         cv_max_rows: int = 4000,
-        n_folds: int = 5,
+        n_folds: int = 3,
         random_state: int | None = 0,
     ) -> LogitGMMBase:
         r"""Fit to unit-cube data ``U`` (shape (n, d)); select on ``U_val`` when given.
@@ -230,7 +231,7 @@ class LogitGMMBase(BaseMeasure):
         2. for each covariance type, the number of components K on 1, 2, 3, 4, 6, 8, 12, …
            up to ``max_components`` (and at most n/(d+1)), stopping after two steps without
            improvement;
-        3. :math:`\epsilon` again for the best (type, K);
+        3. :math:`\epsilon` again for the best (type, K), at its neighbours on the grid;
         4. the uniform weight :math:`w_0` on ``uniform_grid``.
 
         With at most ``cv_max_rows`` rows in all, every configuration is scored instead by
@@ -345,9 +346,10 @@ class LogitGMMBase(BaseMeasure):
                     misses += 1
                     if misses >= 2:
                         break
-        # 3. regularisation again at the chosen structure
+        # 3. regularisation again at the chosen structure: the neighbours on the grid
         _, _, cov, k, _ = best
-        for r in reg_grid:
+        i = reg_grid.index(best[4])
+        for r in reg_grid[max(0, i - 1) : i + 2]:
             if r != best[4]:
                 s, gm = score(k, cov, r)
                 if s > best[0]:
