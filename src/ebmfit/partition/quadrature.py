@@ -45,6 +45,7 @@ from .result import LogZ
 
 __all__ = [
     "QuadratureWarning",
+    "check_log_partition",
     "default_resolution",
     "gauss_legendre_1d",
     "grid_log_integrand",
@@ -273,9 +274,18 @@ def log_partition_quadrature(
         n_evals += n
     if not all(math.isfinite(v) for v in vals):
         raise FloatingPointError(f"log Z is not finite at the quadrature nodes: {vals}")
-    value, err = vals[1], abs(vals[1] - vals[0])
-    if not check:
-        return LogZ(value, err, "gauss-legendre", n_evals, "none")
+    lz = LogZ(vals[1], abs(vals[1] - vals[0]), "gauss-legendre", n_evals, "none")
+    return check_log_partition(energy, base, lz, warn_above=warn_above) if check else lz
+
+
+def check_log_partition(
+    energy, base: BaseMeasure | None, lz: LogZ, *, warn_above: float = 0.05
+) -> LogZ:
+    """Check a tensor-rule ``lz`` (d ≤ 3) against the adaptive rule (module docstring); returns
+    the value and error to report, with the check's evaluations added to ``n_evals``."""
+    d = energy.dim
+    base = base if base is not None else Uniform(d)
+    value, err, n_evals = float(lz.value), float(lz.stderr), int(lz.n_evals)
     # the check needs to be as accurate as the tensor rule claims, but no more than 1e-4
     # relative (it is there to catch gross misses) and at least 1e-2
     alt, alt_err, converged, suspects, n = _adaptive_rule(
