@@ -1,8 +1,9 @@
 r"""Training checkpoints: written atomically, read without executing code.
 
-A checkpoint is one file holding a dict: the model's and the optimiser's state, the step, the
-configuration the run was started with, the negative phase's state (one entry per rank) and
-the random-number-generator states of every rank.  It is written by one process (rank 0 in a
+A checkpoint is one file holding a dict: for each SGD loop of a fit (:class:`RunCheckpoint`)
+the model's and the optimiser's state, the step, the configuration the loop was started with,
+the negative phase's state (one entry per rank) and the state of the loop's explicit
+``torch.Generator`` (no global random state is saved or restored).  It is written by one process (rank 0 in a
 distributed run) to a temporary file in the same folder, flushed to disk and moved over the old
 file with :func:`os.replace`, which is atomic on POSIX and Windows: a reader (or a run killed
 in the middle of a write) sees either the previous checkpoint or the new one, never a torn
@@ -20,22 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 __all__ = [
     "FORMAT",
     "VERSION",
     "CheckpointError",
-    "capture_rng_state",
+    "CheckpointSection",
+    "RunCheckpoint",
     "load_checkpoint",
     "remove_stale_temporaries",
-    "restore_rng_state",
     "save_checkpoint",
 ]
 
@@ -111,51 +110,65 @@ def remove_stale_temporaries(path) -> list[Path]:
     return removed
 
 
-def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
-    """This process's global RNG states: torch (CPU and, if used, the CUDA device), numpy, random.
+class CheckpointSection:
+    """One fit loop's slot in a :class:`RunCheckpoint` (what ``fit_sgd(checkpoint=...)`` takes).
 
-    ebmfit itself draws from explicit generators; these are kept so that user code relying on
-    global state (or a future per-rank sampler) resumes where it stopped.
+    ``every``: write after every ``every``-th validation of the loop (and at its end).
     """
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - the global state is what is saved
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": str(kind),
-            "keys": torch.as_tensor(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": _python_state_to_plain(random.getstate()),
-    }
-    if device is not None and torch.device(device).type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(torch.device(device))
-    return state
+
+    def __init__(self, run: RunCheckpoint, key: str, every: int):
+        self.run, self.key, self.every = run, key, max(1, int(every))
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state of this loop, or None (a new run, or no such section yet)."""
+        return self.run.sections.get(self.key)
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.run.sections[self.key] = state
+        self.run.write()
+
+    def check(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Refuse to resume a loop whose settings differ from the checkpoint's."""
+        keys = sorted(set(old) | set(new))
+        diff = [f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}" for k in keys
+                if old.get(k) != new.get(k)]  # fmt: skip
+        if diff:
+            raise CheckpointError(
+                f"{self.run.path}: the checkpoint belongs to a run with other settings "
+                f"({'; '.join(diff)}); resume with the same data and options, or start a new "
+                "run with another checkpoint path"
+            )
 
 
-def restore_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        (
-            n["kind"],
-            n["keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and device is not None and torch.device(device).type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"].cpu(), torch.device(device))
+class RunCheckpoint:
+    """The checkpoint file of one fit: a section per SGD loop, in the order the loops run.
 
+    ``EnergyDensity.fit(X, checkpoint=RunCheckpoint(path, resume=True))`` fits exactly what
+    ``fit(X)`` fits; each SGD-trained candidate writes its loop's state to its own section
+    (:func:`~ebmfit.training.fit_sgd`), atomically.  With ``resume`` an existing file is read
+    first: finished loops are reloaded, an interrupted one continues where it stopped, and
+    the fit carries on.  Without ``resume`` an existing file is replaced.  Only rank 0 of a
+    parallel run writes (the fit loop sees to that).
+    """
 
-def _python_state_to_plain(s):
-    version, internal, gauss = s
-    return [int(version), list(internal), gauss]
+    def __init__(self, path: str | os.PathLike, *, resume: bool = False, every: int = 1):
+        self.path = Path(path)
+        self.resume = bool(resume)
+        self.every = int(every)
+        self.sections: dict[str, dict[str, Any]] = {}
+        self._next = 0
+        if self.resume and self.path.is_file():
+            remove_stale_temporaries(self.path)
+            self.sections = dict(load_checkpoint(self.path).get("sections", {}))
+
+    def section(self) -> CheckpointSection:
+        """The next loop's section (``"sgd-0"``, ``"sgd-1"``, ...)."""
+        key = f"sgd-{self._next}"
+        self._next += 1
+        return CheckpointSection(self, key, self.every)
+
+    def write(self) -> None:
+        save_checkpoint({"sections": self.sections}, self.path)
 
 
 def _to_cpu(obj):

@@ -272,42 +272,25 @@ def fit(
     ),
     seed: int = typer.Option(0, min=0, max=SEED_MAX, help="random seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
-    nproc: int = typer.Option(
-        1, min=1, help="processes on this machine (torchrun + DDP; mlp energies)"
+    nproc: int = typer.Option(1, min=1, help="processes on this machine (torchrun; the same fit)"),
+    checkpoint: Path = typer.Option(
+        None, help="checkpoint file of the SGD loops, rewritten atomically"
     ),
-    checkpoint: Path = typer.Option(None, help="checkpoint file, rewritten atomically (mlp)"),
     resume: bool = typer.Option(False, help="continue from --checkpoint if it exists"),
     header: bool = typer.Option(None, "--header/--no-header", help=_HEADER_HELP),
 ):
     """Fit a density to a CSV file and save it (see docs/distributed.md for --nproc/torchrun)."""
+    from .checkpoint import RunCheckpoint
     from .csvio import read_csv
     from .estimator import EnergyDensity
-    from .training import distributed as dist
+    from .launch import argv_from_click, is_torchrun_worker, launch_local
+    from .training.parallel import init_parallel, shutdown_parallel
 
     check_output_path(output, [data, checkpoint], what="model file", text=False, create_parent=True)
-    if nproc > 1 and not dist.is_torchrun_worker():  # re-launch as nproc torchrun ranks
-        argv = dist.argv_from_click(ctx)
-        raise typer.Exit(dist.launch_local(nproc, argv))
+    if nproc > 1 and not is_torchrun_worker():  # re-launch as nproc torchrun ranks
+        raise typer.Exit(launch_local(nproc, argv_from_click(ctx)))
     X, names = read_csv(data, header=header)
     d = X.shape[1]
-    if nproc > 1 or checkpoint or resume or dist.is_torchrun_worker():
-        code = dist.fit_and_save(
-            X,
-            output,
-            feature_names=names,
-            energy=energy,
-            low=_parse_bounds(low, d, "low"),
-            high=_parse_bounds(high, d, "high"),
-            margin=margin,
-            clip=clip,
-            max_iter=max_iter or 2000,
-            seed=seed,
-            checkpoint=checkpoint,
-            resume=resume,
-            progress=not quiet,
-            echo=typer.echo,
-        )
-        raise typer.Exit(code)
     est = EnergyDensity(
         energy,
         low=_parse_bounds(low, d, "low"),
@@ -318,7 +301,19 @@ def fit(
         random_state=seed,
         verbose=not quiet,
     )
-    est.fit(X)
+    # --nproc / torchrun / --checkpoint / --resume change where and how safely, not what
+    par = init_parallel()
+    try:
+        ck = None if checkpoint is None else RunCheckpoint(checkpoint, resume=resume)
+        est.fit(X, parallel=par, checkpoint=ck)
+    except Exception as e:
+        if par.world_size > 1:
+            e.args = (f"rank {par.rank} of {par.world_size}: {e}", *e.args[1:])
+        raise
+    finally:
+        shutdown_parallel()
+    if not par.is_main:
+        return
     # the rows as fitted: with --clip, those outside the box were clipped onto its faces
     Xf = est.domain_.validate(X, clip=True)
     n_clipped = int(np.any(Xf != X, axis=1).sum())

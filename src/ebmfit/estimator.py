@@ -31,7 +31,15 @@ from .energies import (
     SplineEnergy,
     ZeroEnergy,
 )
-from .fitting import BASES, NEGATIVE_PHASES, fit_base, fit_energy, make_negative_phase, refit_base
+from .fitting import (
+    BASES,
+    NEGATIVE_PHASES,
+    fit_base,
+    fit_energy,
+    make_negative_phase,
+    refit_base,
+    running,
+)
 from .model import EnergyModel
 from .partition.quadrature import MAX_DIM
 from .partition.result import LogZ
@@ -244,7 +252,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         return X
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, parallel=None, checkpoint=None):
         """Fit the density to X of shape (n_samples, n_features). Returns self.
 
         Fits the base on the training split (its structure chosen on the validation split),
@@ -252,7 +260,14 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         on the validation split with an honest log Z (:mod:`ebmfit.selection`), keeps the
         best (``selection_``) and refits it on all rows where that is well defined (the base
         alone, the convex spline at its penalty).
+
+        ``parallel`` (a :class:`~ebmfit.training.parallel.ParallelContext`, every rank passing
+        the same X) and ``checkpoint`` (a :class:`~ebmfit.checkpoint.RunCheckpoint`) change
+        only where and how safely the fit runs, never what is fitted (:mod:`ebmfit.fitting`).
         """
+        if parallel is not None or checkpoint is not None:
+            with running(parallel, checkpoint):
+                return self.fit(X, y)
         t0 = time.perf_counter()
         X = self._check_X(X, reset=True)
         check_params(self, X.shape[0])

@@ -12,11 +12,15 @@ The estimator decides *what* to fit (its policy); this module knows *how*:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import torch
 
 from .base import BaseMeasure, LogitGMMBase, TruncatedGMMBase, Uniform
+from .checkpoint import RunCheckpoint
 from .training import (
     FitResult,
     ImportanceNegatives,
@@ -26,14 +30,18 @@ from .training import (
     fit_convex,
     fit_sgd,
 )
+from .training.parallel import ParallelContext
 
 __all__ = [
     "BASES",
     "NEGATIVE_PHASES",
+    "Runtime",
+    "current_runtime",
     "fit_base",
     "fit_energy",
     "make_negative_phase",
     "refit_base",
+    "running",
 ]
 
 #: Names accepted by ``EnergyDensity(base=...)``.
@@ -49,8 +57,54 @@ IS_DRAWS = 8192
 MAX_EXACT_DIM = 3
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """*Where* and *how safely* a fit runs — never *what* is fitted.
+
+    ``parallel``: the ranks (default: one process); ``checkpoint``: where the SGD loops save
+    their state (None: nowhere).  Set for the duration of ``EnergyDensity.fit(X,
+    parallel=..., checkpoint=...)`` by :func:`running`.
+    """
+
+    parallel: ParallelContext = field(default_factory=ParallelContext)
+    checkpoint: RunCheckpoint | None = None
+
+
+_RUNTIME: ContextVar[Runtime] = ContextVar("ebmfit_runtime", default=Runtime())  # noqa: B039
+
+
+def current_runtime() -> Runtime:
+    """The runtime of the fit in progress (one process, no checkpoint by default)."""
+    return _RUNTIME.get()
+
+
+@contextlib.contextmanager
+def running(
+    parallel: ParallelContext | None = None, checkpoint: RunCheckpoint | None = None
+) -> Iterator[Runtime]:
+    """Run the fits inside the ``with`` block on ``parallel`` with ``checkpoint``."""
+    rt = Runtime(parallel if parallel is not None else ParallelContext(), checkpoint)
+    token = _RUNTIME.set(rt)
+    try:
+        yield rt
+    finally:
+        _RUNTIME.reset(token)
+
+
 def fit_base(kind: str, U_tr: torch.Tensor, U_val: torch.Tensor, seed: int) -> BaseMeasure:
-    """The base called ``kind`` (``"auto"`` = ``"logit_gmm"``) fitted to the unit-cube rows."""
+    """The base called ``kind`` (``"auto"`` = ``"logit_gmm"``) fitted to the unit-cube rows.
+
+    In a parallel fit, rank 0 fits it (it is small, and scikit-learn's mixtures are not
+    guaranteed bit-identical across processes) and sends it to every rank.
+    """
+    par = current_runtime().parallel
+    if par.world_size > 1:
+        base = _fit_base(kind, U_tr, U_val, seed) if par.is_main else None
+        return par.broadcast_object(base)
+    return _fit_base(kind, U_tr, U_val, seed)
+
+
+def _fit_base(kind: str, U_tr: torch.Tensor, U_val: torch.Tensor, seed: int) -> BaseMeasure:
     d = U_tr.shape[1]
     if kind == "uniform":
         return Uniform(d)
@@ -128,10 +182,20 @@ def fit_energy(
     validation rows).
     """
     d = energy.dim
+    rt = current_runtime()
+    par = rt.parallel
+    progress = progress if par.is_main else False
     if energy.is_linear and phase in ("auto", "exact"):
         it = max_iter or 100
         res = fit_convex(
-            energy, U_tr, U_val, max_iter=it, refit=False, base=base, progress=progress
+            energy,
+            U_tr,
+            U_val,
+            max_iter=it,
+            refit=False,
+            base=base,
+            progress=progress,
+            parallel=par,
         )
         lam = res.history[res.best_iter]["lambda"]
 
@@ -145,6 +209,7 @@ def fit_energy(
                 refit_max_iter=10 * it,
                 base=base,
                 progress=progress,
+                parallel=par,
             )
 
         return res, refit
@@ -164,5 +229,10 @@ def fit_energy(
         batch_size=1024 if mc else None,
         generator=generator,
         progress=progress,
+        # a residual starts at its base (V = 0): validate often, give up sooner if it never
+        # improves on it (the base is kept then)
+        **({"val_every": 25, "patience": 6} if energy.family == "residual" else {}),
+        parallel=par,
+        checkpoint=rt.checkpoint.section() if rt.checkpoint is not None else None,
     )
     return res, None

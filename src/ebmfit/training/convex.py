@@ -31,6 +31,7 @@ from ..energies.base import tensor_grid
 from ..partition.quadrature import gauss_legendre_1d
 from ._progress import nll_offset, progress_bar
 from .fit import FitResult, validation_nll
+from .parallel import ParallelContext
 
 __all__ = ["fit_convex", "training_rule"]
 
@@ -97,6 +98,15 @@ def _solve(energy, phi_bar, axes, logw, lam, max_iter):
     return float(nll.detach()), n_iter, float((grad * energy.mask).abs().max())
 
 
+def _mean_features(energy, U: torch.Tensor, par: ParallelContext | None) -> torch.Tensor:
+    """The mean feature vector of the rows of U, summed over the ranks' shares of U."""
+    if par is None or par.world_size == 1:
+        return energy.mean_features(U)
+    s, e = par.share(U.shape[0])
+    local = energy.mean_features(U[s:e]) * (e - s) if e > s else torch.zeros_like(energy.coef)
+    return par.all_reduce_sum(local) / U.shape[0]
+
+
 def fit_convex(
     energy,
     U_train: torch.Tensor,
@@ -109,6 +119,7 @@ def fit_convex(
     refit_max_iter: int = 1000,
     base: BaseMeasure | None = None,
     progress: bool = False,
+    parallel: ParallelContext | None = None,
 ) -> FitResult:
     r"""Fit a :class:`~ebmfit.energies.LinearEnergy` along a penalty path.
 
@@ -120,6 +131,11 @@ def fit_convex(
     (up to ``refit_max_iter`` iterations; along the path ``max_iter`` suffices to rank the
     penalties).  History rows hold ``lambda``, ``train_nll``, ``val_nll`` (checking rule),
     ``iters`` and ``grad_max`` (max |∇J_λ| at the end: the optimality check of each solve).
+
+    ``parallel``: the ranks this fit runs on (every rank passes the same rows).  The data
+    enter only through the mean feature vector: each rank sums the features of its share of
+    the rows and one all-reduce gives every rank the same vector; the solve on the grid is
+    then the same deterministic computation on every rank.
     """
     if not energy.is_linear:
         raise TypeError("fit_convex needs a linear energy (legendre, cosine, spline)")
@@ -137,7 +153,7 @@ def fit_convex(
         pts = tensor_grid(axes)
         logw = logw + torch.cat([base.log_prob(c) for c in pts.split(65536)]).to(logw)
     U_train, U_val = U_train.to(dev), U_val.to(dev)
-    phi_tr = energy.mean_features(U_train)
+    phi_tr = _mean_features(energy, U_train, parallel)
     history: list[dict] = []
     best_val, best_lam, best_coef, best_idx = math.inf, lambdas[0], None, 0
     since_best, total_iter = 0, 0
@@ -165,7 +181,7 @@ def fit_convex(
     with torch.no_grad():
         energy.coef.copy_(best_coef)
     if refit:
-        phi_all = energy.mean_features(torch.cat([U_train, U_val]))
+        phi_all = _mean_features(energy, torch.cat([U_train, U_val]), parallel)
         nll, k, gmax = _solve(energy, phi_all, axes, logw, best_lam, refit_max_iter)
         total_iter += k
         history.append(

@@ -38,6 +38,7 @@ import warnings
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -51,6 +52,12 @@ from ..partition.quadrature import (
 )
 from ._progress import nll_offset, progress_bar
 from .negatives import NegativePhaseError
+from .parallel import ParallelContext
+from .sgd_state import global_step_stats, load_state, save_state, sgd_config
+from .sharding import ShardedNegatives
+
+if TYPE_CHECKING:
+    from ..checkpoint import CheckpointSection
 
 __all__ = [
     "FitError",
@@ -230,7 +237,9 @@ def _give_up(msg: str, best: dict, history: list[dict], energy) -> str:
     energy.load_state_dict(best["state"])  # leave the energy at its best good state
     if not math.isfinite(best["val"]):
         raise FitError(f"{msg}; no validated state is usable")
-    kept = f"kept the best validated state (iteration {best['it']}, validation NLL {best['val']:.4f})"
+    kept = (
+        f"kept the best validated state (iteration {best['it']}, validation NLL {best['val']:.4f})"
+    )
     history.append({"iter": best["it"], "event": f"{msg}; {kept}"})
     warnings.warn(f"{msg}; {kept}", FitWarning, stacklevel=3)
     return "diverged"
@@ -264,6 +273,8 @@ def fit_sgd(
     generator: torch.Generator | None = None,
     progress: bool = False,
     monitor: StabilityMonitor | None = None,
+    parallel: ParallelContext | None = None,
+    checkpoint: CheckpointSection | None = None,
 ) -> FitResult:
     """Adam on the gradient-identity surrogate with a linearly decaying learning rate.
 
@@ -274,10 +285,26 @@ def fit_sgd(
     Returns a :class:`FitResult`; ``energy`` is left at its best-validation state (also when
     the run diverged: ``stop_reason == "diverged"`` with a :class:`FitWarning`, or when
     :class:`FitError` is raised because no validated state is usable).
+
+    ``parallel``: the ranks this fit runs on (default: one process).  Every rank passes the
+    same data, energy and generator state; each evaluates its share of the global batch and of
+    the negative phase (:mod:`ebmfit.training.sharding`), π is normalised globally and the
+    gradients are summed over ranks, so N processes take the single-process steps to
+    rounding.  ``checkpoint``: a section of a :class:`~ebmfit.checkpoint.RunCheckpoint`; the
+    loop's whole state (energy, Adam, schedule, best state, history, generator, negative
+    phase, monitor) is written there after every ``checkpoint.every``-th validation and at the
+    end, and a resumed fit continues the same trajectory (bit for bit on one process).
     """
     base = base if base is not None else Uniform(energy.dim)
     monitor = monitor if monitor is not None else StabilityMonitor()
     tracker = _Tracker(monitor)
+    par = parallel if parallel is not None else ParallelContext()
+    W = par.world_size
+    if checkpoint is not None and generator is None:
+        generator = torch.Generator(device=energy.param_device()).manual_seed(0)
+    if W > 1:
+        par.broadcast_parameters(energy)  # rank 0's initial weights everywhere
+        negatives = ShardedNegatives(negatives, par, generator)
     dev, dt = energy.param_device(), energy.param_dtype()
     U_train = U_train.to(device=dev, dtype=dt)
     n = U_train.shape[0]
@@ -292,28 +319,51 @@ def fit_sgd(
     good_state = (copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()))
     history: list[dict] = [{"iter": 0, "val_nll": best["val"]}]
     retries, since_best, reason = 0, 0, "max_iter"
+    it, n_val_done = 0, 0
+    cfg = sgd_config(
+        energy, negatives, n_train=n, batch_size=bs, max_iter=max_iter, lr=lr, val_every=val_every
+    )
+    saved = load_state(checkpoint, par, cfg, energy, opt, sched, generator, negatives, tracker)
+    if saved is not None:
+        it, best, good_state, history = saved["it"], saved["best"], saved["good"], saved["history"]
+        retries, since_best, n_val_done = saved["retries"], saved["since_best"], saved["n_val"]
+        if saved["finished"]:
+            energy.load_state_dict(best["state"])
+            return FitResult(it, best["val"], best["it"], saved["reason"], history, tracker.events)
     bar = progress_bar(progress, total=max_iter, desc="fit")
     off = nll_offset(progress)
-    it = 0
     while it < max_iter:
         idx = torch.randint(0, n, (bs,), generator=generator, device=dev) if bs < n else slice(None)
+        if W > 1:  # this rank's share of the global batch
+            s, e = par.share(bs)
+            idx = idx[s:e] if bs < n else slice(s, e)
         try:
             neg = negatives(energy, generator)
         except NegativePhaseError as e:
             neg, finite, why = None, False, str(e)
+        if W > 1 and neg is None:  # the other ranks wait in the collective: join it
+            global_step_stats(par, None, None, None, bs)
         if neg is not None:
             V_data = energy(U_train[idx])
             V_neg = energy(neg.points.to(dt)).to(torch.float64)
             logits = neg.log_weights - V_neg if neg.self_normalize else neg.log_weights
-            pi = torch.softmax(logits.detach(), 0)
-            surrogate = V_data.mean() - (pi * V_neg).sum()
-            mean_v_data = float(V_data.mean().detach())
-            gap = mean_v_data - float((pi * V_neg.detach()).sum())
+            if W == 1:
+                pi = torch.softmax(logits.detach(), 0)
+                surrogate = V_data.mean() - (pi * V_neg).sum()
+                mean_v_data = float(V_data.mean().detach())
+                gap = mean_v_data - float((pi * V_neg.detach()).sum())
+                lse_z = float(torch.logsumexp(neg.log_weights - V_neg.detach(), 0))
+                pi_sq = float((pi * pi).sum())
+            else:  # π normalised over every rank's negatives; the data term over the batch
+                st = global_step_stats(par, V_data, V_neg, neg, bs, negatives.last_info)
+                pi = torch.exp(logits.detach() - st.log_norm)
+                surrogate = V_data.sum() / bs - (pi * V_neg).sum()
+                mean_v_data, gap, lse_z, pi_sq = st.mean_v_data, st.gap, st.lse_z, st.pi_sq
             if neg.self_normalize:  # the weighted points estimate Z itself
-                nll_est = mean_v_data + float(torch.logsumexp(neg.log_weights - V_neg.detach(), 0))
+                nll_est = mean_v_data + lse_z
             else:  # model samples (MCMC) carry no estimate of Z
                 nll_est = math.nan
-            finite = math.isfinite(gap) and bool(torch.isfinite(surrogate))
+            finite = math.isfinite(gap) and (W > 1 or bool(torch.isfinite(surrogate)))
             finite = finite and (math.isfinite(nll_est) or not neg.self_normalize)
             why = "non-finite loss/energies"
             if finite and abs(gap) > monitor.max_gap:
@@ -341,10 +391,13 @@ def fit_sgd(
             continue
         info = dict(getattr(negatives, "last_info", None) or {})
         info["energy_gap"] = gap
+        if W > 1:
+            info.update(st.info)
         if neg.self_normalize:
-            ess = float(1.0 / (pi * pi).sum())
-            info.update(ess=ess, ess_fraction=ess / pi.numel())
-            info.setdefault("n_points", pi.numel())
+            n_pts = pi.numel() if W == 1 else st.n_points
+            ess = 1.0 / pi_sq
+            info.update(ess=ess, ess_fraction=ess / n_pts)
+            info.setdefault("n_points", n_pts)
         for kind, msg in tracker.step(it, info):
             history.append({"iter": it, "warning": kind, "message": msg})
             if monitor.action == "raise":
@@ -356,6 +409,7 @@ def fit_sgd(
                 warnings.warn(f"iteration {it}: {msg}", FitWarning, stacklevel=2)
         opt.zero_grad(set_to_none=True)
         surrogate.backward()
+        par.all_reduce_grads(energy.parameters())
         opt.step()
         sched.step()
         it += 1
@@ -379,6 +433,7 @@ def fit_sgd(
                 opt.load_state_dict(good_state[1])
                 continue
             good_state = (copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()))
+            n_val_done += 1
             if val < best["val"] - 1e-5:
                 best = {"val": val, "it": it, "state": copy.deepcopy(energy.state_dict())}
                 since_best = 0
@@ -387,6 +442,16 @@ def fit_sgd(
                 if since_best >= patience:
                     reason = "early_stopping"
                     break
+            if checkpoint is not None and it < max_iter and n_val_done % checkpoint.every == 0:
+                loop = {"it": it, "best": best, "history": history, "retries": retries}
+                loop.update(since_best=since_best, n_val=n_val_done, finished=False, reason="")
+                save_state(
+                    checkpoint, par, cfg, loop, energy, opt, sched, generator, negatives, tracker
+                )
     bar.close()
     energy.load_state_dict(best["state"])
+    if checkpoint is not None:
+        loop = {"it": it, "best": best, "history": history, "retries": retries}
+        loop.update(since_best=since_best, n_val=n_val_done, finished=True, reason=reason)
+        save_state(checkpoint, par, cfg, loop, energy, opt, sched, generator, negatives, tracker)
     return FitResult(it, best["val"], best["it"], reason, history, tracker.events)

@@ -149,6 +149,17 @@ def _checked_state(fn, position: torch.Tensor) -> State:
     return State(position, v, g)
 
 
+def _step_state(step: _StepSize) -> dict[str, Any]:
+    return {"step_value": step.value, "step_state": [float(x) for x in step.state]}
+
+
+def _load_step_state(step: _StepSize, state: dict[str, Any]) -> None:
+    if "step_value" in state:
+        step.value = float(state["step_value"])
+        le, lea, k, hbar, mu = state["step_state"]
+        step.state = _adapt.DualAveragingState(le, lea, int(k), hbar, mu)
+
+
 class _StepSize:
     r"""Dual-averaging step size (Hoffman & Gelman 2014) that keeps adapting across calls.
 
@@ -314,6 +325,8 @@ class PersistentChains:
         **kernel_kwargs: passed to the kernel's ``step`` (e.g. ``num_integration_steps``).
     """
 
+    sharding = "chains"  # split over ranks by chains (ebmfit.training.sharding)
+
     def __init__(
         self,
         dim: int,
@@ -364,6 +377,16 @@ class PersistentChains:
         """Forget the chains (the next call re-initialises the buffer from the base)."""
         self.buffer = None
         self.n_calls = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The chains' state: replay buffer, step-size adaptation and call count."""
+        return {"buffer": self.buffer, "n_calls": self.n_calls, **_step_state(self.step)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        buf = state.get("buffer")
+        self.buffer = None if buf is None else buf.to(torch.float64).clone()
+        self.n_calls = int(state.get("n_calls", 0))
+        _load_step_state(self.step, state)
 
     def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
@@ -438,6 +461,8 @@ class ShortRunChains:
         **kernel_kwargs: as for :class:`PersistentChains`.
     """
 
+    sharding = "chains"  # split over ranks by chains (ebmfit.training.sharding)
+
     def __init__(
         self,
         dim: int,
@@ -507,3 +532,10 @@ class ShortRunChains:
             (self.n_chains,), -math.log(self.n_chains), dtype=torch.float64, device=dev
         )
         return Negatives(state.position, logw, False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step-size adaptation (the chains themselves start afresh every call)."""
+        return _step_state(self.step)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _load_step_state(self.step, state)
