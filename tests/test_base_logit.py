@@ -143,3 +143,30 @@ def test_constructor_refuses_bad_parameters():
         LogitGMMBase([1.0], [[0.0]], [[[-1.0]]])
     with pytest.raises(ValueError, match="uniform_weight"):
         LogitGMMBase([1.0], [[0.0]], [[[1.0]]], uniform_weight=1.0)
+
+
+# --------------------------------------------------------------------------- the flow base
+def _flow_base():
+    pytest.importorskip("zuko")  # an optional extra, ebmfit[flows]; the test extra installs it
+    from ebmfit.base import FlowBase
+
+    rng = np.random.default_rng(0)
+    U = special.expit(rng.normal(size=(600, 2)) @ np.array([[1.0, 0.6], [0.0, 0.5]]))
+    return FlowBase.fit(U[:480], U[480:], hidden=(16, 16), transforms=2, max_steps=200)
+
+
+def test_flow_base_is_normalized_samples_and_round_trips():
+    from ebmfit.base import FlowBase
+
+    base = _flow_base()
+    U = torch.rand(400_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        p = torch.exp(base.log_prob(U))
+    se = float(p.std() / math.sqrt(p.numel()))
+    assert abs(float(p.mean()) - 1.0) < 4 * se
+    S = base.sample(300, generator=torch.Generator().manual_seed(1))
+    assert S.shape == (300, 2) and ((S >= 0) & (S <= 1)).all()
+    assert torch.equal(S, base.sample(300, generator=torch.Generator().manual_seed(1)))
+    again = FlowBase.from_parts(base.to_dict(), base.tensors())
+    with torch.no_grad():
+        torch.testing.assert_close(again.log_prob(S), base.log_prob(S))

@@ -326,6 +326,8 @@ def fit(
         f"fitted {X.shape[0]} rows × {d} columns in {est.fit_time_:.1f} s; "
         f"log Z = {est.log_partition_}; mean log-likelihood {mean_ll:.4f}{clipped}"
     )
+    if getattr(est, "selection_", None) is not None:
+        typer.echo(str(est.selection_))
     typer.echo(f"wrote {output}")
 
 
@@ -450,6 +452,8 @@ def info(model: Path = typer.Argument(..., help="model file")):
     typer.echo(f"box          low={list(m.domain.low)} high={list(m.domain.high)}")
     typer.echo(f"base         {m.base}")
     typer.echo(f"log Z        {m.log_partition_}")
+    if getattr(est, "selection_", None) is not None:
+        typer.echo(str(est.selection_))
     names = _model_names(est)
     if names:
         typer.echo(f"columns      {', '.join(names)}")

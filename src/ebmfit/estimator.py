@@ -467,8 +467,6 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         sel = getattr(self, "selection_", None)
         if isinstance(sel, Selection):
             extra["selection"] = sel.to_dict()
-        elif isinstance(sel, dict):
-            extra["selection"] = sel
         if hasattr(self, "feature_names_in_"):
             extra["feature_names"] = [str(c) for c in self.feature_names_in_]
         save_model(self.model_, path, extra=extra)
@@ -495,7 +493,11 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         est.fit_warnings_ = []
         est.stop_reason_ = extra.get("stop_reason", "loaded")
         est.fit_time_ = float(extra.get("fit_time", math.nan))
-        est.selection_ = extra.get("selection")
+        sel = extra.get("selection")
+        try:
+            est.selection_ = Selection.from_dict(sel) if isinstance(sel, dict) else None
+        except (KeyError, TypeError, ValueError):
+            est.selection_ = None  # an older or foreign record: the model itself is intact
         if "feature_names" in extra:
             est.feature_names_in_ = np.asarray(extra["feature_names"], dtype=object)
         return est

@@ -113,9 +113,11 @@ def _fit_base(kind: str, U_tr: torch.Tensor, U_val: torch.Tensor, seed: int) -> 
     if kind in ("gmm", "truncated_gmm"):
         return TruncatedGMMBase.fit(U_tr.cpu().numpy(), random_state=seed % (2**31))
     if kind == "flow":
-        from .base.flow import FlowBase
+        from .base.flow import FlowBase, better_of
 
-        return FlowBase.fit(U_tr, U_val, random_state=seed)
+        # the flow only where it beats the logit-GMM base on the validation rows
+        gmm = LogitGMMBase.fit(U_tr, U_val, random_state=seed)
+        return better_of(FlowBase.fit(U_tr, U_val, random_state=seed), gmm, U_val)
     raise ValueError(f"base must be one of {BASES}, got {kind!r}")
 
 

@@ -283,6 +283,18 @@ def _check_residual(spec: dict, shapes: Shapes) -> int:
     return _check_energy(inner, inner_shapes)
 
 
+@register_energy_check("defensive")
+def _check_defensive(spec: dict, shapes: Shapes) -> int:
+    where = "energy 'defensive'"
+    mix = _real(spec, "mix", where, lo=0.0)
+    if not 0.0 < mix < 1.0:
+        raise ValueError(f"{where}: 'mix' must be in (0, 1), got {mix}")
+    _real(spec, "log_z", where)
+    inner = _obj(spec.get("inner"), f"{where}: 'inner'")
+    inner_shapes = {k[6:]: s for k, s in shapes.items() if k.startswith("inner.")}
+    return _check_energy(inner, inner_shapes)
+
+
 def _check_energy(spec, shapes: Shapes) -> int:
     spec = _obj(spec, "energy spec")
     fam = spec.get("family")
@@ -351,6 +363,28 @@ def _check_logit_gmm(spec: dict, dim: int, shapes: Shapes) -> None:
     if not isinstance(spec.get("covariance_type", "full"), str):
         raise ValueError(f"{where}: 'covariance_type' must be a string")
     _expect_shapes(shapes, {"weights": (k,), "means": (k, dim), "chols": (k, dim, dim)}, where)
+
+
+@register_base_check("flow")
+def _check_flow(spec: dict, dim: int, shapes: Shapes) -> None:
+    where = "base 'flow'"
+    if _int(spec, "dim", 1, MAX_DIM, where) != dim:
+        raise ValueError(f"{where}: dimension {spec['dim']} on a {dim}-D box")
+    t = _int(spec, "transforms", 1, 16, where)
+    hidden = spec.get("hidden")
+    if (
+        not isinstance(hidden, list)
+        or not 1 <= len(hidden) <= 8
+        or not all(_is_int(h) and 1 <= h <= 4096 for h in hidden)
+    ):
+        raise ValueError(f"{where}: 'hidden' must be a list of 1 to 8 widths in [1, 4096]")
+    if t * (dim + max(hidden)) * max(hidden) * len(hidden) > MAX_ELEMENTS:
+        raise ValueError(f"{where}: {t} transforms of widths {hidden} exceed the limit")
+    _real(spec, "uniform_weight", where, default=0.0, lo=0.0, hi=1.0)
+    for name in ("mean", "scale"):
+        if shapes.get(name) != (dim,):
+            raise ValueError(f"{where}: tensor {name!r} missing or not of shape ({dim},)")
+    # the flow's own tensors are checked against the architecture when it is rebuilt
 
 
 def _check_base(spec, dim: int, shapes: Shapes) -> None:

@@ -95,6 +95,25 @@ class Selection(NamedTuple):
             )
         return "\n".join(lines)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Selection:
+        """Rebuild from :meth:`to_dict` (e.g. the ``selection`` extra of a model file)."""
+        cands = []
+        for c in d["candidates"]:
+            lz = LogZ.from_dict(c["log_partition"])
+            cands.append(
+                CandidateScore(
+                    str(c["name"]),
+                    float(c["val_loglik"]),
+                    float(c["stderr"]),
+                    float(c["delta"]),
+                    float(c["delta_se"]),
+                    lz,
+                    bool(c["chosen"]),
+                )
+            )
+        return cls(cands, str(d["chosen"]), int(d["n_val"]), str(d["rule"]))
+
     def to_dict(self) -> dict:
         return {
             "candidates": [c.to_dict() for c in self.candidates],

@@ -1,0 +1,262 @@
+r""":class:`FlowBase`: a neural spline flow in logit coordinates (``pip install ebmfit[flows]``).
+
+With :math:`y = \operatorname{logit}(u)` standardized, :math:`z = (y - m)/s`, and a zuko
+neural spline flow :math:`q_\phi(z)` (Durkan et al., *Neural Spline Flows*, NeurIPS 2019),
+
+.. math:: p(u) = w_0 + (1 - w_0)\, q_\phi\big((\operatorname{logit} u - m)/s\big)
+          \prod_j \frac{1}{s_j\, u_j (1 - u_j)},
+
+exactly normalized on the cube (a change of variables of a normalized flow, mixed with the
+uniform), with an exact sampler: :math:`\varepsilon \sim \mathcal N(0, I)` drawn from the
+caller's generator, :math:`z = T^{-1}(\varepsilon)`, :math:`u = \operatorname{expit}(m + s z)`.
+
+:meth:`FlowBase.fit` trains by maximum likelihood (Adam, mini-batches) with early stopping on
+the validation rows and keeps the best state.  The estimator uses it only where it beats the
+logit-GMM base on validation (``EnergyDensity(base="flow")``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+
+from .logit_gmm import LogitGMMBase, logit
+from .measure import BaseMeasure
+
+__all__ = ["FlowBase"]
+
+_EPS = 2.0**-53
+
+
+def _zuko():
+    try:
+        import zuko
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "base='flow' needs zuko: pip install 'ebmfit[flows]' (or pip install zuko)"
+        ) from e
+    return zuko
+
+
+class FlowBase(BaseMeasure):
+    """Neural spline flow on standardized logit coordinates (see the module docstring).
+
+    Args:
+        dim: d.
+        mean, scale: the standardization m, s of logit(u), shape (d,).
+        transforms: number of autoregressive spline transforms.
+        hidden: hidden widths of each transform's conditioner.
+        uniform_weight: :math:`w_0 \\in [0, 1)`.
+        state: the flow's ``state_dict`` (None: a fresh flow, seeded by ``seed``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        mean: np.ndarray,
+        scale: np.ndarray,
+        *,
+        transforms: int = 3,
+        hidden: tuple[int, ...] = (64, 64),
+        uniform_weight: float = 1e-3,
+        state: dict | None = None,
+        seed: int = 0,
+    ) -> None:
+        zuko = _zuko()
+        self.dim = int(dim)
+        self.transforms = int(transforms)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.uniform_weight = float(uniform_weight)
+        if not 0.0 <= self.uniform_weight < 1.0:
+            raise ValueError(f"uniform_weight must be in [0, 1), got {uniform_weight}")
+        self.mean = np.asarray(mean, dtype=np.float64).reshape(self.dim)
+        self.scale = np.asarray(scale, dtype=np.float64).reshape(self.dim)
+        if not (np.all(np.isfinite(self.mean)) and np.all(self.scale > 0)):
+            raise ValueError("mean must be finite and scale positive")
+        with torch.random.fork_rng(devices=[]):  # zuko draws its init from the global RNG:
+            self.flow = zuko.flows.NSF(  # leave that state as it was, and redraw below
+                self.dim, transforms=self.transforms, hidden_features=self.hidden
+            ).double()
+        if state is not None:
+            self.flow.load_state_dict(state)
+        else:
+            _seeded_init(self.flow, torch.Generator().manual_seed(int(seed)))
+        self.flow.eval()
+
+    # ------------------------------------------------------------------ density
+    def _std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
+        return t(self.mean), t(self.scale)
+
+    def log_prob(self, u: torch.Tensor) -> torch.Tensor:
+        """Exact log p(u), shape (n,) for u of shape (n, d); −inf outside the cube."""
+        out_dt = u.dtype if u.dtype.is_floating_point else torch.float64
+        uu = u.to(torch.float64)
+        self.flow.to(uu.device)
+        m, s = self._std(uu.device)
+        uc = uu.clamp(_EPS, 1.0 - _EPS)
+        z = (torch.log(uc) - torch.log1p(-uc) - m) / s
+        log_jac = -(torch.log(uc) + torch.log1p(-uc)).sum(-1) - torch.log(s).sum()
+        lg = self.flow().log_prob(z) + log_jac
+        if self.uniform_weight > 0:
+            lg = torch.logaddexp(
+                math.log1p(-self.uniform_weight) + lg,
+                torch.full_like(lg, math.log(self.uniform_weight)),
+            )
+        inside = ((uu >= 0) & (uu <= 1)).all(dim=-1)
+        return torch.where(inside, lg, torch.full_like(lg, -torch.inf)).to(out_dt)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """``n`` exact draws, shape (n, d), in the cube; deterministic given ``generator``."""
+        n = int(n)
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        device = device if device is not None else gdev
+        if n == 0:
+            return torch.empty(0, self.dim, dtype=dtype, device=device)
+        self.flow.to(gdev)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=gdev)
+        flat = torch.rand(n, self.dim, generator=generator, dtype=torch.float64, device=gdev)
+        pick = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
+        z = self.flow().transform.inv(eps)
+        m, s = self._std(gdev)
+        u = torch.sigmoid(m + s * z)
+        u = torch.where((pick < self.uniform_weight)[:, None], flat, u)
+        return u.to(dtype=dtype, device=device)
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(
+        cls,
+        U: np.ndarray | torch.Tensor,
+        U_val: np.ndarray | torch.Tensor,
+        *,
+        transforms: int = 3,
+        hidden: tuple[int, ...] = (64, 64),
+        lr: float = 1e-3,
+        batch_size: int = 256,
+        max_steps: int = 5000,
+        val_every: int = 25,
+        patience: int = 20,
+        time_limit: float = 300.0,
+        uniform_weight: float = 1e-3,
+        random_state: int | None = 0,
+    ) -> FlowBase:
+        """Maximum likelihood with Adam, early stopping on ``U_val``; the best state is kept."""
+        Ut = torch.as_tensor(np.asarray(_np(U)), dtype=torch.float64)
+        Uv = torch.as_tensor(np.asarray(_np(U_val)), dtype=torch.float64)
+        Y = logit(Ut)
+        mean, scale = Y.mean(0).numpy(), (Y.std(0) + 1e-6).numpy()
+        seed = 0 if random_state is None else int(random_state) % (2**31)
+        base = cls(
+            Ut.shape[1],
+            mean,
+            scale,
+            transforms=transforms,
+            hidden=hidden,
+            uniform_weight=uniform_weight,
+            seed=seed,
+        )
+        base.flow.train()
+        g = torch.Generator().manual_seed(seed)
+        opt = torch.optim.Adam(base.flow.parameters(), lr=lr)
+        best, best_state, bad, t0 = math.inf, copy.deepcopy(base.flow.state_dict()), 0, time.time()
+        with torch.no_grad():
+            best = -float(base.log_prob(Uv).mean())
+        for step in range(1, max_steps + 1):
+            idx = torch.randint(0, Ut.shape[0], (min(batch_size, Ut.shape[0]),), generator=g)
+            loss = -base.log_prob(Ut[idx]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % val_every == 0:
+                with torch.no_grad():
+                    v = -float(base.log_prob(Uv).mean())
+                if v < best - 1e-4:
+                    best, best_state, bad = v, copy.deepcopy(base.flow.state_dict()), 0
+                else:
+                    bad += 1
+                if bad >= patience or time.time() - t0 > time_limit:
+                    break
+        base.flow.load_state_dict(best_state)
+        base.flow.eval()
+        base.val_nll = best
+        return base
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        return {
+            "kind": "flow",
+            "dim": self.dim,
+            "transforms": self.transforms,
+            "hidden": list(self.hidden),
+            "uniform_weight": self.uniform_weight,
+        }
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"flow.{k}": v.detach().cpu() for k, v in self.flow.state_dict().items()}
+        out["mean"] = torch.as_tensor(self.mean)
+        out["scale"] = torch.as_tensor(self.scale)
+        return out
+
+    @classmethod
+    def from_parts(cls, spec: dict, tensors: dict[str, torch.Tensor]) -> FlowBase:
+        """Rebuild from :meth:`to_dict` and :meth:`tensors` (state shapes checked by torch)."""
+        d = int(spec["dim"])
+        for name in ("mean", "scale"):
+            if name not in tensors or tuple(tensors[name].shape) != (d,):
+                raise ValueError(f"flow base: tensor {name!r} missing or not of shape ({d},)")
+        state = {k[5:]: v for k, v in tensors.items() if k.startswith("flow.")}
+        return cls(
+            d,
+            tensors["mean"].double().numpy(),
+            tensors["scale"].double().numpy(),
+            transforms=int(spec["transforms"]),
+            hidden=tuple(int(h) for h in spec["hidden"]),
+            uniform_weight=float(spec.get("uniform_weight", 0.0)),
+            state=state,
+        )
+
+    def __repr__(self) -> str:
+        return f"FlowBase(dim={self.dim}, transforms={self.transforms}, hidden={self.hidden})"
+
+
+@torch.no_grad()
+def _seeded_init(flow: torch.nn.Module, g: torch.Generator) -> None:
+    """PyTorch's default Linear init, U(±1/sqrt(fan_in)), drawn from ``g``."""
+    for mod in flow.modules():
+        if isinstance(mod, torch.nn.Linear):
+            b = 1.0 / math.sqrt(mod.in_features)
+            mod.weight.copy_(
+                torch.rand(mod.weight.shape, generator=g, dtype=torch.float64) * 2 * b - b
+            )
+            if mod.bias is not None:
+                mod.bias.copy_(
+                    torch.rand(mod.bias.shape, generator=g, dtype=torch.float64) * 2 * b - b
+                )
+
+
+def _np(U: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(U, torch.Tensor):
+        return U.detach().cpu().numpy()
+    return np.asarray(U, dtype=np.float64)
+
+
+def better_of(flow: FlowBase, gmm: LogitGMMBase, U_val: np.ndarray | torch.Tensor) -> BaseMeasure:
+    """The flow only where it wins on the validation rows (mean log-likelihood)."""
+    Uv = torch.as_tensor(_np(U_val), dtype=torch.float64)
+    with torch.no_grad():
+        lf = float(flow.log_prob(Uv).mean())
+        lg = float(gmm.log_prob(Uv).mean())
+    return flow if lf > lg else gmm
