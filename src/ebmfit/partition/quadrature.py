@@ -307,7 +307,7 @@ def check_log_partition(
         # the adaptive rule, refined where the integrand is peaked, is the better one: report
         # it; unless it converged, the disagreement is part of the error
         value, method = alt, "gauss-legendre-adaptive"
-        err = alt_err if converged else max(alt_err, diff)
+        err = alt_err if (converged and held) else max(alt_err, diff)
     # else: the rules agree within their errors and the tensor rule is the more precise one
     if not converged or err > warn_above:
         how = "did not converge" if not converged else "is uncertain"
