@@ -295,17 +295,6 @@ def _check_defensive(spec: dict, shapes: Shapes) -> int:
     return _check_energy(inner, inner_shapes)
 
 
-@register_energy_check("defensive")
-def _check_defensive(spec: dict, shapes: Shapes) -> int:
-    _real(spec, "log_z", "energy 'defensive'")
-    _real(spec, "mix", "energy 'defensive'", lo=0.0, hi=1.0)
-    inner = _obj(spec.get("inner"), "energy 'defensive': 'inner'")
-    extra = sorted(k for k in shapes if not k.startswith("inner."))
-    if extra:
-        raise ValueError(f"energy 'defensive': unexpected tensors {extra}")
-    return _check_energy(inner, {k[6:]: s for k, s in shapes.items() if k.startswith("inner.")})
-
-
 def _check_energy(spec, shapes: Shapes) -> int:
     spec = _obj(spec, "energy spec")
     fam = spec.get("family")
