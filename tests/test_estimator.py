@@ -357,7 +357,8 @@ def test_normalized_in_user_coordinates(family, low, high):
         high=high,
         max_iter=20,
         random_state=0,
-        base="uniform",  # the family's own normalization (the default is in test_selection.py)
+        base="uniform",  # the family's own normalization (the default's: test_selection.py)
+        selection="none",
     ).fit(X)
     coarse, fine = _integral(est, low, high, 18), _integral(est, low, high, 36)
     eps = torch.finfo(est.energy_.param_dtype()).eps

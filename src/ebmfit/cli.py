@@ -22,6 +22,8 @@ import numpy as np
 import typer
 from typer.core import TyperGroup
 
+from .domain import DataError
+
 try:  # typer >= 0.25 vendors click as typer._click; older versions use click itself
     from typer._click import exceptions as _tc
 except ImportError:  # pragma: no cover
@@ -30,8 +32,6 @@ except ImportError:  # pragma: no cover
 _CLICK_ERRORS = (click.ClickException, _tc.ClickException)
 _NO_ARGS = (click.exceptions.NoArgsIsHelpError, _tc.NoArgsIsHelpError)
 _ABORT = (click.Abort, typer.Abort)
-
-from .domain import DataError
 
 STDOUT = "-"
 SEED_MAX = 2**32 - 1

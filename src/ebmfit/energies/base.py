@@ -80,6 +80,16 @@ class Energy(nn.Module):
     def is_linear(self) -> bool:
         return False
 
+    @property
+    def panel_multiple(self) -> int:
+        """Composite quadrature rules should cut each axis into a multiple of this many cells.
+
+        1 for smooth energies; a piecewise-polynomial energy returns its number of polynomial
+        pieces per axis, so that every cell lies inside one piece and Gauss–Legendre's error
+        estimate by two resolutions holds (a kink inside a cell makes it non-monotone).
+        """
+        return 1
+
     def param_dtype(self) -> torch.dtype:
         for p in self.parameters():
             return p.dtype

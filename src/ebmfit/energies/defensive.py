@@ -55,6 +55,10 @@ class DefensiveEnergy(Energy):
         self.log_z = log_z
         self.mix = mix
 
+    @property
+    def panel_multiple(self) -> int:
+        return self.inner.panel_multiple
+
     def spec(self) -> dict:
         return {
             "family": self.family,

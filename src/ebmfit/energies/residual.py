@@ -64,6 +64,10 @@ class ResidualEnergy(Energy):
                 last[-1].weight.zero_()
                 last[-1].bias.zero_()
 
+    @property
+    def panel_multiple(self) -> int:
+        return self.inner.panel_multiple
+
     def spec(self) -> dict:
         return {"family": self.family, "inner": self.inner.spec(), "bound": self.bound}
 

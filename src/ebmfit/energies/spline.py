@@ -76,6 +76,11 @@ class SplineEnergy(LinearEnergy):
             "penalty_order": self.penalty_order,
         }
 
+    @property
+    def panel_multiple(self) -> int:
+        """The knot intervals per axis: the spline is a cubic polynomial on each."""
+        return self.n_basis - 3
+
     def basis1d(self, t: torch.Tensor) -> torch.Tensor:
         return cardinal_cubic((t[:, None] - self._knots) / self.h)
 

@@ -8,7 +8,10 @@ On the unit cube, with base density :math:`p = dP/du`,
 where :math:`(u_g, w_g)` is the tensor product of a 1-D composite rule: [0,1] cut into
 ``n_cells`` equal cells with ``n_nodes`` Gauss–Legendre nodes each (exact for polynomials of
 degree 2·n_nodes − 1 on every cell).  The error estimate is the difference between two
-resolutions (``n_cells`` and ``2·n_cells``); the finer value is returned.  Accumulation is in
+resolutions (``n_cells`` and ``2·n_cells``); the finer value is returned.  ``n_cells`` is
+rounded up to a multiple of the energy's ``panel_multiple`` (a spline's knot intervals), so no
+cell straddles a kink — with kinks inside cells the convergence is not monotone and two
+resolutions can agree closer than either is to Z (seen: 8.5e-11 claimed, 4.2e-10 true).  Accumulation is in
 float64; the energy is evaluated in chunks so memory stays bounded.
 
 **The error bar must hold.**  A tensor rule misses (or double-counts) the mass of features
@@ -266,6 +269,9 @@ def log_partition_quadrature(
     c0, q0 = default_resolution(d)
     n_cells = int(n_cells or c0)
     n_nodes = int(n_nodes or q0)
+    # cells inside the energy's polynomial pieces (a spline's knot intervals): round up
+    m = int(getattr(energy, "panel_multiple", 1) or 1)
+    n_cells = -(-n_cells // m) * m
     vals = []
     n_evals = 0
     for cells in (n_cells, 2 * n_cells):
