@@ -196,14 +196,19 @@ def main() -> None:
                     | {"method": m, "test_loglik": ll, "fit_time_s": t, "load": os.getloadavg()[0]}
                     | extra
                 )
-                print(f"{name:14s} fold={fold} {m:7s} ll={ll:9.4f} t={t:6.1f}s {extra.get('chosen', '')}", flush=True)
+                print(
+                    f"{name:14s} fold={fold} {m:7s} ll={ll:9.4f} t={t:6.1f}s {extra.get('chosen', '')}",
+                    flush=True,
+                )
     table = _table(rows, methods, args.folds)
     write(args.name, {"environment": env, "args": vars(args), "rows": rows}, table)
 
 
 def _table(rows, methods, folds) -> str:
     names = list(dict.fromkeys(r["dataset"] for r in rows))
-    head = "| data (n, d) | " + " | ".join(f"{m}" for m in methods) + " | ebmfit − best peer | chose |"
+    head = (
+        "| data (n, d) | " + " | ".join(f"{m}" for m in methods) + " | ebmfit − best peer | chose |"
+    )
     lines = [head, "|---|" + "---|" * (len(methods) + 2)]
     for name in names:
         rs = [r for r in rows if r["dataset"] == name]
@@ -228,7 +233,9 @@ def _table(rows, methods, folds) -> str:
             gap = f"{np.mean(diffs):+.3f} ± {se:.3f} (vs {best})"
         chose = sorted({r.get("chosen", "") for r in rs if r["method"] == "ebmfit"})
         n, d = rs[0]["n"], rs[0]["d"]
-        lines.append(f"| {name} ({n}, {d}) | " + " | ".join(cells) + f" | {gap} | {', '.join(chose)} |")
+        lines.append(
+            f"| {name} ({n}, {d}) | " + " | ".join(cells) + f" | {gap} | {', '.join(chose)} |"
+        )
     return "\n".join(lines) + (
         f"\n\nMean test log-likelihood per row on the unit cube (nats, higher is better) over "
         f"{folds} folds ± the spread (SD) across folds, and mean fit time. "
