@@ -217,7 +217,7 @@ class LogitGMMBase(BaseMeasure):
         max_fit_rows: int = 10_000,
         max_em_iter: int = 100,
         cv_max_rows: int = 4000,
-        n_folds: int = 3,
+        n_folds: int = 5,
         random_state: int | None = 0,
     ) -> LogitGMMBase:
         r"""Fit to unit-cube data ``U`` (shape (n, d)); select on ``U_val`` when given.
@@ -231,7 +231,7 @@ class LogitGMMBase(BaseMeasure):
         2. for each covariance type, the number of components K on 1, 2, 3, 4, 6, 8, 12, …
            up to ``max_components`` (and at most n/(d+1)), stopping after two steps without
            improvement;
-        3. :math:`\epsilon` again for the best (type, K), at its neighbours on the grid;
+        3. :math:`\epsilon` again for the best (type, K);
         4. the uniform weight :math:`w_0` on ``uniform_grid``.
 
         With at most ``cv_max_rows`` rows in all, every configuration is scored instead by
@@ -271,7 +271,7 @@ class LogitGMMBase(BaseMeasure):
                     reg_covar=reg * scale,
                     max_iter=max_em_iter,
                     random_state=seed,
-                    init_params=init.pop("init_params", "k-means++"),
+                    init_params=init.pop("init_params", "kmeans"),
                     **init,
                 ).fit(Y_)
 
@@ -346,10 +346,9 @@ class LogitGMMBase(BaseMeasure):
                     misses += 1
                     if misses >= 2:
                         break
-        # 3. regularisation again at the chosen structure: the neighbours on the grid
+        # 3. regularisation again at the chosen structure (more components may want less)
         _, _, cov, k, _ = best
-        i = reg_grid.index(best[4])
-        for r in reg_grid[max(0, i - 1) : i + 2]:
+        for r in reg_grid:
             if r != best[4]:
                 s, gm = score(k, cov, r)
                 if s > best[0]:
