@@ -258,8 +258,8 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         Fits the base on the training split (its structure chosen on the validation split),
         fits each candidate energy on it, scores every candidate — the base alone included —
         on the validation split with an honest log Z (:mod:`ebmfit.selection`), keeps the
-        best (``selection_``) and refits it on all rows where that is well defined (the base
-        alone, the convex spline at its penalty).
+        best (``selection_``) and refits it where that is well defined (the base alone on all
+        rows; the convex spline at its penalty on the training and tuning rows).
 
         ``parallel`` (a :class:`~ebmfit.training.parallel.ParallelContext`, every rank passing
         the same X) and ``checkpoint`` (a :class:`~ebmfit.checkpoint.RunCheckpoint`) change
@@ -343,7 +343,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
             base = refit_base(base, U, seed)
         elif refit is not None and chosen not in mix:  # selection="none": refit only
             res, lz_known = refit(), None
-        elif refit is not None:  # refit V on all rows, then renormalize and re-mix
+        elif refit is not None:  # refit V on train ∪ tuning rows, renormalize and re-mix
             res = refit()
             inner = energy.inner
             lz_inner = honest_log_partition(inner, base, generator=g_val)
