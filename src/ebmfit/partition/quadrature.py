@@ -313,7 +313,12 @@ def check_log_partition(
         # the adaptive rule, refined where the integrand is peaked, is the better one: report
         # it; unless it converged, the disagreement is part of the error
         value, method = alt, "gauss-legendre-adaptive"
-        err = alt_err if (converged and held) else max(alt_err, diff)
+        # (an adaptive rule that did not converge cannot vouch for its own error either:
+        # then neither rule's error bar may shrink the other's)
+        if converged and held:
+            err = alt_err
+        else:
+            err = max(alt_err, diff) if converged else max(alt_err, diff, err)
     # else: the rules agree within their errors and the tensor rule is the more precise one
     if not converged or err > warn_above:
         how = "did not converge" if not converged else "is uncertain"
