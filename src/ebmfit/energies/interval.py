@@ -34,6 +34,7 @@ __all__ = [
     "Bounded",
     "DifferenceRule",
     "FirstOrder",
+    "bisect_boxes",
     "cos_range",
     "dot_tol",
     "gamma",
@@ -148,3 +149,18 @@ def tensor_range(T: torch.Tensor, ranges: list[Interval]) -> Interval:
         * ((t.abs() * torch.maximum(L.abs(), H.abs())).sum(1) + 1)
     )
     return vlo - slack, vhi + slack
+
+
+def bisect_boxes(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2^d children of each box [lo_k, hi_k] (shape (m, d)) halved along every axis.
+
+    Returns (lo, hi) of shape (m·2^d, d), the children of box k contiguous.  The 2^d corner
+    table is built here, only when boxes are actually split.
+    """
+    d = lo.shape[-1]
+    corners = torch.cartesian_prod(*[torch.tensor([0, 1], device=lo.device)] * d)
+    corners = corners.reshape(-1, d).bool()[None]
+    mid = (lo + hi) / 2
+    clo = torch.where(corners, mid[:, None], lo[:, None]).reshape(-1, d)
+    chi = torch.where(corners, hi[:, None], mid[:, None]).reshape(-1, d)
+    return clo, chi

@@ -44,6 +44,7 @@ import torch
 
 from ..base import BaseMeasure, Uniform
 from ..energies.base import tensor_grid
+from ..energies.interval import bisect_boxes
 from .result import LogZ
 
 __all__ = [
@@ -181,8 +182,6 @@ def _adaptive_rule(
     ar = torch.arange(n0, dtype=torch.float64, device=dev) / n0
     lo = torch.stack([g.reshape(-1) for g in torch.meshgrid(*([ar] * d), indexing="ij")], -1)
     hi = lo + 1.0 / n0
-    corners = torch.cartesian_prod(*[torch.tensor([0, 1], device=dev)] * d).reshape(-1, d)
-    corners = corners.bool()
     dt = energy.param_dtype()
     bounds = isinstance(base, Uniform)
 
@@ -227,10 +226,7 @@ def _adaptive_rule(
         k = min(max(k, min(16, lo.shape[0])), room)
         split = torch.zeros(lo.shape[0], dtype=torch.bool, device=dev)
         split[order[:k]] = True
-        slo, shi = lo[split], hi[split]
-        mid = (slo + shi) / 2
-        clo = torch.where(corners[None], mid[:, None], slo[:, None]).reshape(-1, d)
-        chi = torch.where(corners[None], shi[:, None], mid[:, None]).reshape(-1, d)
+        clo, chi = bisect_boxes(lo[split], hi[split])
         new = evaluate(clo, chi)
         n_evals += clo.shape[0] * (5**d + 3**d)
         keep = ~split

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..energies.interval import bisect_boxes
+
 __all__ = ["ExactSampleInfo", "build_envelope", "log_partition_bracket", "sample_exact"]
 
 
@@ -95,7 +97,6 @@ def build_envelope(
     # bisecting a box along all axes makes 2^d children: in high dimension not even one split
     # fits the budget, and the 2^d corner table is never built (memory stays O(max_boxes · d))
     children = 2**d - 1
-    corners = None
     for _ in range(max_rounds):
         if children > max_boxes - lo.shape[0]:
             break
@@ -114,15 +115,9 @@ def build_envelope(
         k = min(k, (max_boxes - lo.shape[0]) // children)
         if k <= 0:
             break
-        if corners is None:
-            corners = torch.cartesian_prod(*[torch.tensor([0, 1], device=dev)] * d)
-            corners = corners.reshape(-1, d).bool()
         split = torch.zeros(lo.shape[0], dtype=torch.bool, device=dev)
         split[order[:k]] = True
-        slo, shi = lo[split], hi[split]
-        mid = (slo + shi) / 2
-        clo = torch.where(corners[None], mid[:, None], slo[:, None]).reshape(-1, d)
-        chi = torch.where(corners[None], shi[:, None], mid[:, None]).reshape(-1, d)
+        clo, chi = bisect_boxes(lo[split], hi[split])
         cvlo, cvhi = (t.to(torch.float64) for t in energy.interval_bounds(clo, chi))
         keep = ~split
         lo = torch.cat([lo[keep], clo])
