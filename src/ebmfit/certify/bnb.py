@@ -24,6 +24,7 @@ from scipy.stats import qmc
 
 from ..energies import Energy
 from ..energies.interval import F64
+from ..grid import tensor_grid
 from .pairs import Pair, make_pair
 
 __all__ = ["OscillationBounds", "oscillation_bounds"]
@@ -138,8 +139,8 @@ def oscillation_bounds(
     # ---- incumbents from a point sample and local optimisation
     pts = torch.as_tensor(qmc.Sobol(d, scramble=True, seed=random_state).random_base2(13))
     if d <= 12:  # the corners, where extremes of smooth energies often sit
-        corners = np.array(np.meshgrid(*[[0.0, 1.0]] * d, indexing="ij")).reshape(d, -1).T
-        pts = torch.cat([pts, torch.as_tensor(corners)])
+        corners = tensor_grid([torch.tensor([0.0, 1.0], dtype=F64)] * d)
+        pts = torch.cat([pts, corners.to(pts.dtype)])
     with torch.no_grad():
         hv = torch.cat([pair.h(c) for c in pts.split(65536)])
     k = min(n_starts, hv.numel())
@@ -156,13 +157,7 @@ def oscillation_bounds(
     cells = max(1, int(round(batch ** (1.0 / d))))
     if cells**d > 4 * batch:
         cells = max(1, cells - 1)
-    idx = torch.stack(
-        [
-            g.reshape(-1)
-            for g in torch.meshgrid(*([torch.arange(cells, dtype=F64)] * d), indexing="ij")
-        ],
-        -1,
-    )
+    idx = tensor_grid([torch.arange(cells, dtype=F64)] * d)
     lo, hi = idx / cells, (idx + 1) / cells  # shared faces are computed identically: no gaps
 
     def evaluate(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,10 +10,9 @@ import torch
 from scipy.stats import qmc
 
 from ..energies import Energy, LinearEnergy
-from ..energies.base import tensor_grid
 from ..energies.interval import F64
+from ..grid import gauss_legendre_1d, tensor_grid
 from ..model import EnergyModel
-from ..partition.quadrature import gauss_legendre_1d
 from .kl import KLCertificate, kl_bound
 
 __all__ = ["compress"]

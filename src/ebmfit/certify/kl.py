@@ -19,8 +19,9 @@ import torch
 from ..base import BaseMeasure
 from ..energies import Energy
 from ..energies.interval import F64
+from ..grid import gauss_legendre_1d, tensor_log_weights
 from ..model import EnergyModel
-from ..partition.quadrature import gauss_legendre_1d, grid_log_integrand
+from ..partition.quadrature import grid_log_integrand
 from .bnb import OscillationBounds, oscillation_bounds
 
 __all__ = ["KLCertificate", "KLEstimate", "kl_bound", "kl_from_osc", "kl_quadrature"]
@@ -81,9 +82,7 @@ def _grid_terms(
     """(U, log w) on the grid with the potential U = V − log dP/du (:func:`ebmfit.model.potential`),
     so that the density is ∝ w e^{−U}."""
     li = grid_log_integrand(energy, base, axes, weights)
-    lw = torch.zeros((), dtype=F64)
-    for w in weights:
-        lw = (lw[..., None] + torch.log(w)).reshape(-1)
+    lw = tensor_log_weights(weights, F64)
     return lw - li, lw
 
 

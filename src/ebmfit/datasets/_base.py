@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from ..energies import Energy
 
 from .._rng import as_numpy_rng
+from ..grid import gauss_legendre_nodes
 
 __all__ = ["Target"]
 
@@ -46,20 +47,9 @@ def _quad01(f: Callable[[float], float]) -> tuple[float, float]:
     return val, err / abs(val)
 
 
-def _gauss_legendre_01(n_panels: int, order: int) -> tuple[np.ndarray, np.ndarray]:
-    """Composite Gauss–Legendre nodes and weights on [0, 1] (``n_panels`` equal panels)."""
-    t, w = np.polynomial.legendre.leggauss(order)
-    edges = np.linspace(0.0, 1.0, n_panels + 1)
-    half = 0.5 * np.diff(edges)
-    mid = 0.5 * (edges[:-1] + edges[1:])
-    nodes = (mid[:, None] + half[:, None] * t[None, :]).ravel()
-    weights = (half[:, None] * w[None, :]).ravel()
-    return nodes, weights
-
-
 def _tensor_integral_2d(f: Callable[[np.ndarray], np.ndarray], n_panels: int, order: int) -> float:
     """Integral of a vectorized f over [0,1]^2 by a tensor composite Gauss–Legendre rule."""
-    x, w = _gauss_legendre_01(n_panels, order)
+    x, w = gauss_legendre_nodes(n_panels, order)
     total = 0.0
     for i in range(0, x.size, 64):  # row blocks keep memory small
         xi = x[i : i + 64]

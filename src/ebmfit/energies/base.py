@@ -27,6 +27,7 @@ import itertools
 import torch
 from torch import nn
 
+from ..grid import tensor_grid  # re-exported: ``from ebmfit.energies.base import tensor_grid``
 from .interval import EPS64, F64, DifferenceRule, FirstOrder, Interval, meet, mid_rad, tensor_range
 
 __all__ = ["Energy", "LinearEnergy"]
@@ -113,12 +114,6 @@ class Energy(nn.Module):
         """
         pts = tensor_grid(axes)
         return torch.cat([self(c) for c in pts.split(65536)])
-
-
-def tensor_grid(axes: list[torch.Tensor]) -> torch.Tensor:
-    """All points of the grid ``axes[0] × … × axes[d-1]`` in C order, shape (∏ n_i, d)."""
-    mesh = torch.meshgrid(*axes, indexing="ij")
-    return torch.stack([m.reshape(-1) for m in mesh], dim=-1)
 
 
 class LinearEnergy(Energy):
@@ -390,5 +385,4 @@ def total_degree_mask(dim: int, degree: int, exclude_constant: bool = True) -> t
 def multi_index_grid(dim: int, K: int) -> torch.Tensor:
     """Tensor of shape (K,)*d + (d,) holding the multi-index of every coefficient."""
     ar = torch.arange(K, dtype=torch.float64)
-    mesh = torch.meshgrid(*([ar] * dim), indexing="ij")
-    return torch.stack(mesh, dim=-1)
+    return tensor_grid([ar] * dim).reshape(*([K] * dim), dim)

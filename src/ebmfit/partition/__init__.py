@@ -1,5 +1,6 @@
 """Estimators of log Z; each returns a :class:`LogZ` (alone or inside a result with diagnostics)."""
 
+from ..grid import gauss_legendre_1d
 from .ais import (
     AISConfig,
     AISResult,
@@ -11,7 +12,7 @@ from .ais import (
 )
 from .importance import ISResult, log_partition_importance
 from .qmc import log_partition_qmc
-from .quadrature import gauss_legendre_1d, log_partition_quadrature
+from .quadrature import log_partition_quadrature
 from .result import LogZ
 
 __all__ = [

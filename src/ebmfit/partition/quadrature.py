@@ -39,12 +39,11 @@ from __future__ import annotations
 import math
 import warnings
 
-import numpy as np
 import torch
 
 from ..base import BaseMeasure, Uniform
-from ..energies.base import tensor_grid
 from ..energies.interval import bisect_boxes
+from ..grid import gauss_legendre_1d, gauss_legendre_cube, tensor_grid, tensor_log_weights
 from .result import LogZ
 
 __all__ = [
@@ -68,26 +67,6 @@ class QuadratureWarning(UserWarning):
     """The tensor rule and an independent rule disagree, or log Z is poorly determined."""
 
 
-def gauss_legendre_1d(
-    n_cells: int, n_nodes: int, shift: float = 0.0, dtype=torch.float64, device=None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Composite Gauss–Legendre rule on [0, 1]: nodes and weights, each shape (n_cells·n_nodes,).
-
-    With ``shift`` ≠ 0 every node is moved by ``shift`` modulo 1 (weights unchanged).
-    """
-    x, w = np.polynomial.legendre.leggauss(int(n_nodes))
-    h = 1.0 / n_cells
-    left = np.arange(n_cells)[:, None] * h
-    nodes = (left + (x[None] + 1) / 2 * h).ravel()
-    weights = np.tile(w / 2 * h, n_cells)
-    if shift:
-        nodes = np.mod(nodes + shift, 1.0)
-    return (
-        torch.as_tensor(nodes, dtype=dtype, device=device),
-        torch.as_tensor(weights, dtype=dtype, device=device),
-    )
-
-
 def default_resolution(dim: int) -> tuple[int, int]:
     """(n_cells, n_nodes) of the *coarse* level of the checking rule for dimension ``dim``."""
     return {1: (256, 8), 2: (64, 4), 3: (16, 4)}.get(dim, (8, 3))
@@ -105,9 +84,7 @@ def grid_log_integrand(
         dev = energy.param_device()
         axes_e = [a.to(device=dev) for a in axes]
         V = energy.grid_values([a.to(energy.param_dtype()) for a in axes_e]).to(torch.float64)
-        logw = torch.zeros((), dtype=torch.float64, device=V.device)
-        for w in weights:
-            logw = (logw[..., None] + torch.log(w.to(device=V.device))).reshape(-1)
+        logw = tensor_log_weights([w.to(device=V.device) for w in weights], torch.float64)
         out = logw - V
         if not isinstance(base, Uniform):
             pts = tensor_grid([a.to(torch.float64) for a in axes_e])
@@ -122,22 +99,12 @@ def _tensor_rule(energy, base, d: int, cells: int, nodes: int) -> tuple[float, i
     return float(torch.logsumexp(li, 0)), li.numel()
 
 
-def _box_nodes(nodes: int, d: int, device):
-    """Gauss–Legendre nodes (q^d, d) on [0, 1]^d and their log-weights (q^d,)."""
-    x, w = np.polynomial.legendre.leggauss(int(nodes))
-    x = torch.as_tensor((x + 1) / 2, dtype=torch.float64, device=device)
-    lw = torch.log(torch.as_tensor(w / 2, dtype=torch.float64, device=device))
-    ref = torch.stack([g.reshape(-1) for g in torch.meshgrid(*([x] * d), indexing="ij")], -1)
-    lref = torch.stack(torch.meshgrid(*([lw] * d), indexing="ij"), -1).sum(-1).reshape(-1)
-    return ref, lref
-
-
 @torch.no_grad()
 def _boxes_rule(energy, base, lo: torch.Tensor, hi: torch.Tensor, nodes: int, chunk=2**16):
     r"""Per box, :math:`\log \int_{box} e^{-V} p\,du` by a ``nodes``^d Gauss–Legendre rule,
     and the largest log-integrand :math:`-V + \log p` at its nodes."""
     m, d = lo.shape
-    ref, lref = _box_nodes(nodes, d, lo.device)
+    ref, lref = gauss_legendre_cube(nodes, d, lo.device)
     dt = energy.param_dtype()
     uniform = isinstance(base, Uniform)
     out, top = [], []
@@ -179,8 +146,7 @@ def _adaptive_rule(
     dev = energy.param_device()
     max_boxes = int(max_boxes or ADAPTIVE_MAX_BOXES[d])
     n0 = {1: 64, 2: 32, 3: 8}[d]
-    ar = torch.arange(n0, dtype=torch.float64, device=dev) / n0
-    lo = torch.stack([g.reshape(-1) for g in torch.meshgrid(*([ar] * d), indexing="ij")], -1)
+    lo = tensor_grid([torch.arange(n0, dtype=torch.float64, device=dev) / n0] * d)
     hi = lo + 1.0 / n0
     dt = energy.param_dtype()
     bounds = isinstance(base, Uniform)

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 
 from ..energies.interval import bisect_boxes
+from ..grid import tensor_grid
 
 __all__ = ["ExactSampleInfo", "build_envelope", "log_partition_bracket", "sample_exact"]
 
@@ -44,9 +45,7 @@ class ExactSampleInfo(NamedTuple):
 
 
 def _initial_boxes(dim: int, cells: int, dtype, device):
-    ar = torch.arange(cells, dtype=dtype, device=device) / cells
-    mesh = torch.meshgrid(*([ar] * dim), indexing="ij")
-    lo = torch.stack([m.reshape(-1) for m in mesh], -1)
+    lo = tensor_grid([torch.arange(cells, dtype=dtype, device=device) / cells] * dim)
     return lo, lo + 1.0 / cells
 
 

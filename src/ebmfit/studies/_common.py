@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 
 from ..energies import Energy, LinearEnergy
-from ..energies.base import tensor_grid
-from ..partition.quadrature import gauss_legendre_1d
+from ..grid import gauss_legendre_1d, tensor_grid, tensor_log_weights
 
 F64 = torch.float64
 
@@ -22,10 +21,7 @@ class Grid:
         self.dim = dim
         self.axes = [ax] * dim
         self.points = tensor_grid(self.axes)
-        lw = torch.zeros((), dtype=F64)
-        for _ in range(dim):
-            lw = (lw[..., None] + torch.log(w)).reshape(-1)
-        self.log_w = lw
+        self.log_w = tensor_log_weights([w] * dim, F64)
 
     def energy(self, energy: Energy, chunk: int = 65536) -> torch.Tensor:
         with torch.no_grad():

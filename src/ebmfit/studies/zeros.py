@@ -34,6 +34,7 @@ from scipy import integrate
 from ..certify import kl_quadrature, oscillation_bounds
 from ..domain import Box
 from ..energies import Energy, SplineEnergy
+from ..grid import tensor_grid
 from ..model import EnergyModel
 from ._common import F64, Grid, fit_population, md_table
 
@@ -327,7 +328,7 @@ def zeros_study(
             )
         )
     ax = torch.linspace(0, 1, 121, dtype=F64)
-    U = torch.stack(torch.meshgrid(ax, ax, indexing="ij"), -1).reshape(-1, 2)
+    U = tensor_grid([ax, ax])
     with torch.no_grad():
         r_img = torch.exp(-R(U) - EnergyModel(R, box).log_partition().value)
         q_img = torch.exp(-BumpEnergy(None)(U))

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from ..base import BaseMeasure, Uniform
-from ..energies.base import tensor_grid
-from ..partition.quadrature import gauss_legendre_1d
+from ..grid import gauss_legendre_1d, tensor_grid, tensor_log_weights
 from ._progress import nll_offset, progress_bar
 from .fit import FitResult, validation_nll
 from .parallel import ParallelContext
@@ -145,9 +144,7 @@ def fit_convex(
     cells, nodes = training_rule(energy)
     ax, w = gauss_legendre_1d(cells, nodes, dtype=dt, device=dev)
     axes = [ax] * d
-    logw = torch.zeros((), dtype=dt, device=dev)
-    for _ in range(d):
-        logw = (logw[..., None] + torch.log(w)).reshape(-1)
+    logw = tensor_log_weights([w] * d, dt)
     base = base if base is not None else Uniform(d)
     if not isinstance(base, Uniform):
         pts = tensor_grid(axes)

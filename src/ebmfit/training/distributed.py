@@ -19,10 +19,11 @@ import torch
 from scipy.stats import qmc
 
 from ..base import BaseMeasure, Uniform
+from ..grid import gauss_legendre_1d
 from ..partition.ais import AISResult, log_partition_ais
 from ..partition.importance import log_weight_stats
 from ..partition.qmc import combine_replicates, log_integrand
-from ..partition.quadrature import MAX_DIM, default_resolution, gauss_legendre_1d
+from ..partition.quadrature import MAX_DIM, default_resolution
 from ..partition.result import LogZ
 from .parallel import ParallelContext, init_parallel, partition_range, step_seed
 

@@ -43,13 +43,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..base import BaseMeasure, Uniform
+from ..grid import gauss_legendre_1d
 from ..partition.qmc import log_partition_qmc
-from ..partition.quadrature import (
-    MAX_DIM,
-    default_resolution,
-    gauss_legendre_1d,
-    grid_log_integrand,
-)
+from ..partition.quadrature import MAX_DIM, default_resolution, grid_log_integrand
 from ._progress import nll_offset, progress_bar
 from .negatives import NegativePhaseError
 from .parallel import ParallelContext

@@ -30,9 +30,8 @@ from typing import Any, NamedTuple
 import torch
 
 from ..base import BaseMeasure, Uniform
-from ..energies.base import tensor_grid
+from ..grid import gauss_legendre_1d, tensor_grid, tensor_log_weights
 from ..model import potential
-from ..partition.quadrature import gauss_legendre_1d
 from ..samplers import adapt as _adapt
 from ..samplers.chains import KERNELS
 from ..samplers.integrators import energy_and_grad
@@ -92,17 +91,10 @@ class ShiftedGridNegatives:
     def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
         shifts = torch.rand(self.dim, generator=generator, dtype=torch.float64, device=dev)
-        axes, logw = [], torch.zeros((), dtype=torch.float64, device=dev)
-        for i in range(self.dim):
-            ax, w = gauss_legendre_1d(
-                self.points_per_axis // self.n_nodes,
-                self.n_nodes,
-                shift=float(shifts[i]),
-                device=dev,
-            )
-            axes.append(ax)
-            logw = (logw[..., None] + torch.log(w)).reshape(-1)
-        pts = tensor_grid(axes)
+        cells = self.points_per_axis // self.n_nodes
+        rules = [gauss_legendre_1d(cells, self.n_nodes, shift=float(s), device=dev) for s in shifts]
+        pts = tensor_grid([ax for ax, _ in rules])
+        logw = tensor_log_weights([w for _, w in rules], torch.float64)
         if not isinstance(self.base, Uniform):
             logw = logw + self.base.log_prob(pts)
         self.last_info = {"n_points": int(pts.shape[0])}
