@@ -103,7 +103,7 @@ def run_ebmfit(energy, n_chains: int, n_temps: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     r = log_partition_ais(energy, n_chains=n_chains, n_temps=n_temps, generator=g)
-    return time.perf_counter() - t0, r.logz.value, r.logz.stderr, r.ess
+    return time.perf_counter() - t0, r.value, r.stderr, r.diagnostics.ess
 
 
 def run_ebmkit(energy, n_chains: int, n_temps: int, seed: int, schedule: str):

@@ -159,7 +159,7 @@ def test_model_sample_exact_rejection_from_the_base():
     e = QuadraticEnergy(2, mean=[0.4, 0.6], precision=[[8.0, 2.0], [2.0, 6.0]])
     m = EnergyModel(e, Box.unit(2), b)
     x = m.sample(4000, generator=torch.Generator().manual_seed(0))
-    assert m.last_sample_info["method"] == "exact"
+    assert m.last_sample_info.method == "exact"
     se = x.std(0, ddof=1) / math.sqrt(len(x))
     assert (np.abs(x.mean(0) - _exact_mean(m)) < 4 * se).all()
 
@@ -172,7 +172,7 @@ def test_model_sample_mcmc_from_the_base():
     x = m.sample(64 * 40, generator=g, method="mcmc", n_chains=64, burn_in=200, thin=2)
     draws = x.reshape(40, 64, 2).transpose(1, 0, 2)  # (chains, draws, d)
     info = m.last_sample_info
-    assert info["method"] == "mcmc" and 0.3 < info["acceptance_rate"] < 0.9
+    assert info.method == "mcmc" and 0.3 < info.acceptance_rate < 0.9
     assert (np.abs(x.mean(0) - _exact_mean(m)) < 4 * mcse_mean(draws)).all()
 
 
@@ -180,6 +180,6 @@ def test_uniform_base_sampling_unchanged_in_2d():
     e = QuadraticEnergy(2, mean=[0.4, 0.6], precision=[[8.0, 2.0], [2.0, 6.0]])
     m = EnergyModel(e, Box.unit(2), Uniform(2))
     m.sample(10, generator=torch.Generator().manual_seed(0))
-    assert m.last_sample_info["method"] == "exact"
+    assert m.last_sample_info.method == "exact"
     with pytest.raises(ValueError, match="unknown sampling method"):
         m.sample(10, method="gibbs")

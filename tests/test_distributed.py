@@ -45,6 +45,8 @@ from ebmfit.training.distributed import (
     current_context,
     log_mean_exp_distributed,
     log_partition_ais_distributed,
+    log_partition_distributed,
+    log_partition_importance_distributed,
     log_partition_qmc_distributed,
     log_partition_quadrature_distributed,
     shard_rows,
@@ -186,18 +188,20 @@ def _worker(argv: list[str]) -> None:
         res["convex"] = run_convex(ctx)
         est = EnergyDensity(**EST_KW).fit(X4, parallel=ctx)
         res["est4"] = torch.as_tensor(est.score_samples(X4[:20]))
-        res["qmc"] = tuple(
-            log_partition_qmc_distributed(
-                e, Uniform(DIM), ctx, n_points=1024, n_rep=4, random_state=11
-            )
-        )
-        res["quad"] = tuple(log_partition_quadrature_distributed(e, Uniform(DIM), ctx))
+        res["qmc"] = log_partition_qmc_distributed(
+            e, Uniform(DIM), ctx, n_points=1024, n_rep=4, random_state=11
+        ).scalars()
+        res["quad"] = log_partition_quadrature_distributed(e, Uniform(DIM), ctx).scalars()
+        res["auto"] = log_partition_distributed(e, Uniform(DIM), ctx).scalars()
+        imp = log_partition_importance_distributed(e, ctx=ctx, n_samples=256, n_batches=5, seed=4)
+        res["is"] = (imp.scalars(), imp.diagnostics.batch_logz)
         _, Uv = make_data()
         res["val"] = validation_nll_distributed(e, shard_rows(Uv, ctx), Uniform(DIM), ctx)
         lw = torch.randn(50, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-        res["lme"] = tuple(log_mean_exp_distributed(shard_rows(lw, ctx), ctx, method="ais"))
+        res["lme"] = log_mean_exp_distributed(shard_rows(lw, ctx), ctx, method="ais").scalars()
         ais = log_partition_ais_distributed(e, ctx=ctx, **AIS_KW)
-        res["ais"] = (tuple(ais.logz), ais.log_weights, ais.acceptance, ais.ess)
+        g = ais.diagnostics
+        res["ais"] = (ais.scalars(), g.log_weights, g.acceptance, g.ess)
         ck = d / "interrupted.ckpt"
 
         class Killed(PersistentChains):  # every rank dies at step 6 (after the 2nd write)
@@ -462,11 +466,30 @@ def test_ais_across_two_ranks_equals_one_rank_with_the_same_chains(suite):
         p.data.copy_(s)
     one = log_partition_ais_distributed(e, ctx=current_context("cpu"), **AIS_KW)
     logz, lw, acc, ess = suite["ais"]
-    assert torch.allclose(lw, one.log_weights, rtol=0, atol=1e-12)
-    assert logz[0] == pytest.approx(one.logz.value, abs=1e-12)
-    assert logz[1] == pytest.approx(one.logz.stderr, rel=1e-9) and logz[1] > 0
-    assert logz[2:] == tuple(one.logz)[2:] and ess == pytest.approx(one.ess)
-    assert torch.allclose(acc, one.acceptance, atol=1e-12)
+    assert torch.allclose(lw, one.diagnostics.log_weights, rtol=0, atol=1e-12)
+    assert logz[0] == pytest.approx(one.value, abs=1e-12)
+    assert logz[1] == pytest.approx(one.stderr, rel=1e-9) and logz[1] > 0
+    assert logz[2:] == one.scalars()[2:] and ess == pytest.approx(one.diagnostics.ess)
+    assert torch.allclose(acc, one.diagnostics.acceptance, atol=1e-12)
+
+
+def test_importance_and_auto_across_two_ranks_equal_one_rank(suite):
+    e = make_energy()
+    for p, s in zip(e.parameters(), suite["grid_params"], strict=True):
+        p.data.copy_(s)
+    one = log_partition_importance_distributed(
+        e, ctx=current_context("cpu"), n_samples=256, n_batches=5, seed=4
+    )
+    (value, stderr, *rest), batch_logz = suite["is"]
+    assert torch.allclose(batch_logz, one.diagnostics.batch_logz, rtol=0, atol=1e-12)
+    assert value == pytest.approx(one.value, abs=1e-12) and stderr == pytest.approx(one.stderr)
+    assert tuple(rest) == one.scalars()[2:] == ("importance", 1280, "lower")
+    # "auto" in the split path is the estimator's rule: checked quadrature in 2-D
+    q = log_partition_quadrature(e)
+    value, stderr, method, n_evals, bias = suite["auto"]
+    assert value == pytest.approx(q.value, abs=1e-12)
+    assert stderr == pytest.approx(q.stderr, rel=1e-6, abs=1e-15)
+    assert (method, n_evals, bias) == (q.method, q.n_evals, q.bias)
 
 
 def test_log_weights_from_two_ranks_combine_like_one(suite):

@@ -72,7 +72,7 @@ def test_fit_score_sample_in_5d(fitted5, data5):
     assert est.score(X_test) > (3.5 if est.base == "gmm" else 0.1)
     x = est.sample(40, random_state=0)
     assert x.shape == (40, 5) and ((x >= 0) & (x <= 1)).all()
-    assert est.model_.last_sample_info["method"] in ("exact", "mcmc")
+    assert est.model_.last_sample_info.method in ("exact", "mcmc")
     np.testing.assert_array_equal(x, est.sample(40, random_state=0))
     rows = [h for h in est.history_ if "val_nll" in h and h["iter"] > 0]
     assert rows and all("acceptance_rate" in h and "energy_gap" in h for h in rows)
@@ -167,5 +167,5 @@ def test_spline_correction_of_a_gmm_base_is_normalized_and_samples_exactly():
     wx = (w[:, None] * w[None, :]).reshape(-1).numpy() * np.prod(box.width)
     assert float((wx * np.exp(est.score_samples(x))).sum()) == pytest.approx(1.0, abs=1e-4)
     S = est.sample(500, random_state=0)
-    assert est.model_.last_sample_info["method"] == "exact"
+    assert est.model_.last_sample_info.method == "exact"
     assert np.all((S >= box.low) & (S <= box.high))

@@ -18,6 +18,7 @@ from ebmfit.training import (
     FitError,
     FitWarning,
     ImportanceNegatives,
+    NegativesInfo,
     PersistentChains,
     ShiftedGridNegatives,
     ShortRunChains,
@@ -57,11 +58,13 @@ def test_interface_shapes_and_diagnostics(name):
     assert ((neg.points >= 0) & (neg.points <= 1)).all()
     chains = isinstance(strat, (PersistentChains, ShortRunChains))
     assert neg.self_normalize is not chains  # chain output is a model sample: π ∝ w, w equal
-    assert isinstance(strat.last_info, dict) and strat.last_info
+    info = strat.last_info
+    assert isinstance(info, NegativesInfo)
     if chains:
-        info = strat.last_info
-        assert {"acceptance_rate", "step_size", "divergences", "mean_jump"} <= set(info)
-        assert 0 <= info["acceptance_rate"] <= 1 and info["step_size"] > 0
+        assert None not in (info.acceptance_rate, info.step_size, info.divergences, info.mean_jump)
+        assert 0 <= info.acceptance_rate <= 1 and info.step_size > 0
+    else:
+        assert info.n_points == m and info.kernel is None and info.acceptance_rate is None
         assert torch.allclose(neg.log_weights.exp().sum(), torch.ones((), dtype=torch.float64))
 
 
@@ -110,7 +113,7 @@ def test_persistent_chains_target_the_model(base):
     draws = torch.stack([s(e, g).points for _ in range(150)], 1)  # (chains, draws, d)
     err = np.abs(draws.reshape(-1, 2).mean(0).numpy() - _exact_mean(e, base))
     assert (err < 4 * mcse_mean(draws)).all(), (err, mcse_mean(draws))
-    assert 0.3 < s.last_info["acceptance_rate"] < 0.9
+    assert 0.3 < s.last_info.acceptance_rate < 0.9
 
 
 def test_independence_step_leaves_the_target_invariant():

@@ -8,8 +8,14 @@ import torch
 from scipy.special import ndtr
 
 from ebmfit import Box, EnergyModel, LogZ
-from ebmfit.energies import QuadraticEnergy
-from ebmfit.partition import gauss_legendre_1d, log_partition_qmc, log_partition_quadrature
+from ebmfit.base import Uniform
+from ebmfit.energies import QuadraticEnergy, ZeroEnergy
+from ebmfit.partition import (
+    gauss_legendre_1d,
+    log_partition_qmc,
+    log_partition_quadrature,
+    log_partition_rule,
+)
 
 
 def truncated_gaussian(mean, std):
@@ -67,9 +73,28 @@ def test_qmc_works_beyond_quadrature_dimension():
     e, truth = truncated_gaussian(mean, std)
     with pytest.raises(ValueError, match="d <= 3"):
         log_partition_quadrature(e)
-    lz = EnergyModel(e, Box.unit(5)).log_partition()
+    lz = EnergyModel(e, Box.unit(5)).log_partition("qmc", random_state=0)
     assert lz.method == "sobol-qmc"
     assert abs(lz.value - truth) < 4 * lz.stderr
+
+
+def test_model_auto_is_the_estimators_rule():
+    """``EnergyModel.log_partition()`` ("auto") is :func:`log_partition_rule`: AIS from the
+    uniform base in 5-D (it was QMC before), exact for V = 0, checked quadrature in 2-D."""
+    mean, std = [0.5, 0.4, 0.6, 0.3, 0.7], [0.3, 0.25, 0.3, 0.4, 0.35]
+    e, truth = truncated_gaussian(mean, std)
+    assert log_partition_rule(e, Uniform(5)) == "ais"
+    lz = EnergyModel(e, Box.unit(5)).log_partition(random_state=0, n_chains=256, n_temps=32)
+    assert lz.method == "ais-forward" and lz.bias == "lower"
+    assert abs(lz.value - truth) < 4 * lz.stderr
+    assert EnergyModel(ZeroEnergy(5), Box.unit(5)).log_partition() == LogZ(0.0, 0.0, "exact", 0)
+    e2, truth2 = truncated_gaussian([0.3, 0.6], [0.1, 0.2])
+    lz2 = EnergyModel(e2, Box.unit(2)).log_partition()
+    assert lz2.method.startswith("gauss-legendre") and abs(lz2.value - truth2) < 1e-8
+    with pytest.raises(ValueError, match="needs V = 0"):
+        EnergyModel(e2, Box.unit(2)).log_partition("exact")
+    with pytest.raises(ValueError, match="unknown log-partition method"):
+        EnergyModel(e2, Box.unit(2)).log_partition("simpson")
 
 
 def test_log_prob_integrates_to_one_on_a_scaled_box():

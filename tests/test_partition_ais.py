@@ -20,9 +20,9 @@ from ebmfit.base import BaseMeasure
 from ebmfit.datasets import load_target
 from ebmfit.energies import MLPEnergy, QuadraticEnergy
 from ebmfit.partition import (
-    AISResult,
+    AISDiagnostics,
     AISSandwich,
-    ISResult,
+    ISDiagnostics,
     LogZ,
     ais_sandwich,
     ais_schedule,
@@ -72,26 +72,26 @@ def test_importance_matches_quadrature_2d():
     e = bumpy_mlp()
     ref = log_partition_quadrature(e)
     r = log_partition_importance(e, n_samples=8192, n_batches=4, generator=gen(0))
-    assert isinstance(r, ISResult) and isinstance(r.logz, LogZ)
-    assert r.logz.bias == "lower" and r.logz.method == "importance" and r.logz.n_evals == 32768
-    assert r.batch_logz.shape == (4,)
-    assert 1.0 <= r.ess <= 32768 and 0 < r.max_weight <= 1
-    assert within(r.logz, ref.value, ref.stderr)
+    assert isinstance(r, LogZ) and isinstance(r.diagnostics, ISDiagnostics)
+    assert r.bias == "lower" and r.method == "importance" and r.n_evals == 32768
+    assert r.diagnostics.batch_logz.shape == (4,)
+    assert 1.0 <= r.diagnostics.ess <= 32768 and 0 < r.diagnostics.max_weight <= 1
+    assert within(r, ref.value, ref.stderr)
 
 
 @pytest.mark.parametrize("d", [5, 10])
 def test_importance_matches_closed_form(d):
     e, truth = diag_quadratic(d, 2.0, 20.0, seed=d)
     r = log_partition_importance(e, n_samples=16384, n_batches=4, generator=gen(d))
-    assert r.ess > 100  # the SE is only trusted with a fair ESS
-    assert within(r.logz, truth)
+    assert r.diagnostics.ess > 100  # the SE is only trusted with a fair ESS
+    assert within(r, truth)
 
 
 def test_importance_constant_energy_is_exact():
     e = QuadraticEnergy(3, precision=torch.zeros(3, 3))
     r = log_partition_importance(e, n_samples=100, n_batches=3, generator=gen(1))
-    assert r.logz.value == pytest.approx(0.0, abs=1e-12)
-    assert r.logz.stderr == pytest.approx(0.0, abs=1e-6) and r.ess == pytest.approx(300)
+    assert r.value == pytest.approx(0.0, abs=1e-12)
+    assert r.stderr == pytest.approx(0.0, abs=1e-6) and r.diagnostics.ess == pytest.approx(300)
 
 
 def test_importance_rejects_bad_arguments():
@@ -126,12 +126,13 @@ def test_ais_matches_quadrature_2d_mlp():
     e = bumpy_mlp()
     ref = log_partition_quadrature(e)
     r = log_partition_ais(e, n_chains=256, n_temps=32, generator=gen(2))
-    assert isinstance(r, AISResult)
-    assert r.logz.bias == "lower" and r.logz.method == "ais-forward"
-    assert r.log_weights.shape == (256,) and r.samples.shape == (256, 2)
-    assert r.betas.shape == (33,) and r.step_sizes.shape == (32,) and r.acceptance.shape == (32,)
-    assert bool(((r.samples >= 0) & (r.samples <= 1)).all())
-    assert within(r.logz, ref.value, ref.stderr)
+    assert isinstance(r, LogZ) and isinstance(r.diagnostics, AISDiagnostics)
+    assert r.bias == "lower" and r.method == "ais-forward"
+    g = r.diagnostics
+    assert g.log_weights.shape == (256,) and g.samples.shape == (256, 2)
+    assert g.betas.shape == (33,) and g.step_sizes.shape == (32,) and g.acceptance.shape == (32,)
+    assert bool(((g.samples >= 0) & (g.samples <= 1)).all())
+    assert within(r, ref.value, ref.stderr)
 
 
 @pytest.mark.parametrize("d", [5, 10])
@@ -141,9 +142,9 @@ def test_ais_matches_closed_form(d, kernel, n_temps):
     r = log_partition_ais(
         e, n_chains=256, n_temps=n_temps * d // 5, kernel=kernel, generator=gen(d)
     )
-    assert r.ess > 25  # enough for the delta-method SE to be meaningful
-    assert 0.2 < float(r.acceptance.mean()) < 0.99
-    assert within(r.logz, truth)
+    assert r.diagnostics.ess > 25  # enough for the delta-method SE to be meaningful
+    assert 0.2 < float(r.diagnostics.acceptance.mean()) < 0.99
+    assert within(r, truth)
 
 
 def test_ais_beats_importance_on_a_sharp_model():
@@ -151,8 +152,8 @@ def test_ais_beats_importance_on_a_sharp_model():
     e, truth = diag_quadratic(10, 20.0, 300.0, seed=20)
     is_ = log_partition_importance(e, n_samples=4096, n_batches=4, generator=gen(3))
     ais = log_partition_ais(e, n_chains=256, n_temps=64, generator=gen(3))
-    assert ais.ess / 256 > 10 * is_.ess / 16384
-    assert abs(ais.logz.value - truth) < 0.5
+    assert ais.diagnostics.ess / 256 > 10 * is_.diagnostics.ess / 16384
+    assert abs(ais.value - truth) < 0.5
 
 
 def test_ais_fixed_schedule_and_step_size_skip_the_pilot_and_chunk():
@@ -161,16 +162,16 @@ def test_ais_fixed_schedule_and_step_size_skip_the_pilot_and_chunk():
     r = log_partition_ais(
         e, n_chains=200, schedule=betas, step_size=0.1, chunk=64, generator=gen(4)
     )
-    assert r.logz.n_evals == 200 * (1 + 100)  # start + one MALA step per temperature, no pilot
-    assert torch.equal(r.betas, betas) and bool((r.step_sizes == 0.1).all())
-    assert within(r.logz, truth)
+    assert r.n_evals == 200 * (1 + 100)  # start + one MALA step per temperature, no pilot
+    assert torch.equal(r.diagnostics.betas, betas) and bool((r.diagnostics.step_sizes == 0.1).all())
+    assert within(r, truth)
 
 
 def test_ais_is_reproducible_with_a_seed():
     e, _ = diag_quadratic(3, 20.0, 100.0, seed=5)
     a = log_partition_ais(e, n_chains=64, n_temps=16, generator=gen(7))
     b = log_partition_ais(e, n_chains=64, n_temps=16, generator=gen(7))
-    assert a.logz == b.logz and torch.equal(a.log_weights, b.log_weights)
+    assert a == b and torch.equal(a.diagnostics.log_weights, b.diagnostics.log_weights)
 
 
 def test_ais_standard_error_is_calibrated():
@@ -184,7 +185,7 @@ def test_ais_standard_error_is_calibrated():
     z = []
     for _ in range(20):
         r = log_partition_ais(e, n_chains=256, n_temps=48, generator=g)
-        z.append((r.logz.value - truth) / r.logz.stderr)
+        z.append((r.value - truth) / r.stderr)
     z = np.asarray(z)
     lo, hi = stats.chi2.ppf([0.001, 0.999], 19) / 19
     assert abs(z.mean()) < 3 / math.sqrt(20)
@@ -238,9 +239,9 @@ def test_ais_and_importance_with_a_non_uniform_base():
     truth = float(log_int - base.log_norm)
     e = QuadraticEnergy(d, mean=torch.as_tensor(mu), precision=torch.diag(torch.as_tensor(lam)))
     ais = log_partition_ais(e, base, n_chains=256, n_temps=48, generator=gen(9))
-    assert within(ais.logz, truth)
+    assert within(ais, truth)
     imp = log_partition_importance(e, base, n_samples=8192, n_batches=2, generator=gen(9))
-    assert within(imp.logz, truth)
+    assert within(imp, truth)
 
 
 # ----------------------------------------------------------------------------- reverse / sandwich
@@ -253,9 +254,10 @@ def test_sandwich_brackets_quadrature_2d_with_exact_samples():
     x, _ = sample_exact(e, 256, generator=g)
     s = ais_sandwich(e, x, n_chains=256, n_temps=32, generator=g)
     assert isinstance(s, AISSandwich) and s.is_consistent
-    assert s.lower.logz.bias == "lower" and s.upper.logz.bias == "upper"
-    assert s.upper.logz.method == "ais-reverse"
-    assert torch.isnan(s.upper.acceptance[-1]) and not torch.isnan(s.upper.acceptance[:-1]).any()
+    assert s.lower.bias == "lower" and s.upper.bias == "upper"
+    assert s.upper.method == "ais-reverse"
+    acc = s.upper.diagnostics.acceptance
+    assert torch.isnan(acc[-1]) and not torch.isnan(acc[:-1]).any()
     lo, hi = s.interval(4.0)
     assert lo - ref.stderr <= ref.value <= hi + ref.stderr
 
@@ -293,8 +295,8 @@ def test_reverse_ais_alone_is_an_upper_estimate():
     g = gen(14)
     x, _ = sample_exact(e, 256, generator=g)
     r = log_partition_reverse_ais(e, x, n_temps=32, generator=g)
-    assert r.logz.bias == "upper" and r.log_weights.shape == (256,)
-    assert within(r.logz, truth)
+    assert r.bias == "upper" and r.diagnostics.log_weights.shape == (256,)
+    assert within(r, truth)
 
 
 def test_ais_settings_live_in_one_frozen_config():
@@ -309,7 +311,7 @@ def test_ais_settings_live_in_one_frozen_config():
     b = log_partition_ais(
         e, n_chains=64, n_temps=16, kernel="hmc", num_integration_steps=3, generator=gen(21)
     )
-    assert a.logz == b.logz
+    assert a == b
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n_temps = 3  # type: ignore[misc]
     with pytest.raises(TypeError, match="AIS settings are"):

@@ -16,6 +16,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
@@ -23,6 +24,9 @@ import typer
 from typer.core import TyperGroup
 
 from .domain import DataError
+
+if TYPE_CHECKING:
+    from .model import SampleInfo
 
 try:  # typer >= 0.25 vendors click as typer._click; older versions use click itself
     from typer._click import exceptions as _tc
@@ -367,20 +371,21 @@ def score(
             typer.echo(f"wrote {len(lp)} scores to {out}")
 
 
-def _sample_summary(info: dict, n: int) -> str:
-    if info.get("method") == "mcmc":
-        rhat, ess = info.get("rhat_max"), info.get("ess_min")
+def _sample_summary(info: SampleInfo | None, n: int) -> str:
+    if info is not None and info.method == "mcmc":
+        rhat, ess = info.rhat_max, info.ess_min
+        acc = np.nan if info.acceptance_rate is None else info.acceptance_rate
         parts = [
-            f"MCMC (reflected MALA, {info.get('n_chains')} chains, {info.get('burn_in')} "
-            f"burn-in, thin {info.get('thin')}): approximate draws",
+            f"MCMC (reflected MALA, {info.n_chains} chains, {info.burn_in} "
+            f"burn-in, thin {info.thin}): approximate draws",
             "R-hat max " + ("n/a" if rhat is None else f"{rhat:.3f}"),
             "min ESS " + ("n/a" if ess is None else f"{ess:.0f}") + f" of {n}",
-            f"acceptance {float(np.mean(info.get('acceptance_rate', np.nan))):.2f}",
+            f"acceptance {float(np.mean(acc)):.2f}",
         ]
         if rhat is not None and rhat > 1.01:
             parts.append("warning: R-hat > 1.01, the chains have not mixed")
         return "sampling: " + "; ".join(parts)
-    rate = info.get("acceptance_rate")
+    rate = None if info is None else info.acceptance_rate
     return "sampling: exact (rejection on sound energy bounds)" + (
         "" if rate is None else f"; acceptance {rate:.3g}"
     )
@@ -411,7 +416,7 @@ def sample(
     est = _load(model)
     S = est.sample(n, random_state=seed)
     names = _model_names(est) or [f"x{i}" for i in range(S.shape[1])]
-    summary = _sample_summary(getattr(est.model_, "last_sample_info", {}) or {}, n)
+    summary = _sample_summary(est.model_.last_sample_info, n)
     if out is None or out == STDOUT:
         write_csv(STDOUT, S, header=names)
         typer.echo(summary, err=True)

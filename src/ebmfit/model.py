@@ -9,22 +9,60 @@ map to the unit cube).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
-from ._rng import as_generator
+from ._rng import RandomState, as_generator
 from .base import BaseMeasure, Uniform
 from .domain import Box
 from .energies.base import Energy
-from .partition.qmc import log_partition_qmc
-from .partition.quadrature import MAX_DIM, log_partition_quadrature
+from .partition.auto import log_partition as _log_partition
 from .partition.result import LogZ
 from .samplers.exact import sample_exact
 
-__all__ = ["EnergyModel", "potential"]
+__all__ = ["EnergyModel", "SampleInfo", "potential"]
 
 
-def potential(energy, base: BaseMeasure):
+class SampleInfo(NamedTuple):
+    """What :meth:`EnergyModel.sample` did (``model.last_sample_info``); None where a field
+    does not apply to the method.
+
+    Attributes:
+        method: ``"exact"`` (i.i.d. rejection on sound bounds) or ``"mcmc"`` (approximate).
+        acceptance_rate: exact: accepted / proposed; MCMC: mean Metropolis acceptance.
+        n_proposed: exact: proposals drawn.
+        n_accepted: exact: proposals accepted.
+        n_boxes: exact from the uniform base: boxes of the adaptive envelope.
+        kernel: MCMC: the kernel (``"mala"``).
+        n_chains: MCMC: number of chains.
+        burn_in: MCMC: discarded warm-up transitions per chain.
+        thin: MCMC: transitions between kept draws.
+        step_size: MCMC: the adapted step size.
+        divergences: MCMC: divergent transitions.
+        rhat_max: MCMC: largest split R-hat over coordinates (None: too few draws).
+        ess_min: MCMC: smallest effective sample size over coordinates (None: too few draws).
+    """
+
+    method: str
+    acceptance_rate: float | None = None
+    n_proposed: int | None = None
+    n_accepted: int | None = None
+    n_boxes: int | None = None
+    kernel: str | None = None
+    n_chains: int | None = None
+    burn_in: int | None = None
+    thin: int | None = None
+    step_size: float | None = None
+    divergences: int | None = None
+    rhat_max: float | None = None
+    ess_min: float | None = None
+
+
+def potential(energy: Energy, base: BaseMeasure) -> Callable[[torch.Tensor], torch.Tensor]:
     r"""The model's potential on the cube, :math:`U(u) = V(u) - \log p(u)` (float64 out).
 
     :math:`e^{-U}` is the unnormalized density of :math:`e^{-V}\,dP/Z` with respect to
@@ -64,13 +102,14 @@ class EnergyModel:
         self.domain = domain
         self.base = base if base is not None else Uniform(domain.dim)
         self.log_partition_ = log_partition
+        self.last_sample_info: SampleInfo | None = None
 
     @property
     def dim(self) -> int:
         return self.domain.dim
 
     # ------------------------------------------------------------------ evaluation
-    def _to_unit_tensor(self, x) -> torch.Tensor:
+    def _to_unit_tensor(self, x: ArrayLike) -> torch.Tensor:
         t = torch.as_tensor(
             np.asarray(x, dtype=np.float64) if not isinstance(x, torch.Tensor) else x
         )
@@ -78,7 +117,7 @@ class EnergyModel:
         return self.domain.to_unit(t)
 
     @torch.no_grad()
-    def energy(self, x, chunk: int = 65536) -> np.ndarray:
+    def energy(self, x: ArrayLike, chunk: int = 65536) -> np.ndarray:
         """V at points x of the box (shape (n, d)) → numpy (n,)."""
         u = self._to_unit_tensor(x)
         dt = self.energy_fn.param_dtype()
@@ -88,28 +127,39 @@ class EnergyModel:
             else np.zeros(0)
         )
 
-    def log_partition(self, method: str = "auto", *, cache: bool = True, **kwargs) -> LogZ:
+    def log_partition(
+        self,
+        method: str = "auto",
+        *,
+        cache: bool = True,
+        generator: torch.Generator | None = None,
+        random_state: RandomState = None,
+        **kwargs: Any,
+    ) -> LogZ:
         """Estimate log Z = log E_P[exp(−V)] (on the unit cube).
 
-        ``method``: ``"quadrature"`` (d ≤ 3), ``"qmc"`` (any d) or ``"auto"`` (quadrature when
-        d ≤ 3, else QMC).  Extra keyword arguments go to the estimator.  The result is cached in
+        ``method``: ``"auto"`` — the rule of the estimator,
+        :func:`~ebmfit.partition.auto.log_partition_rule` (exact for V ≡ 0, checked quadrature
+        for d ≤ 3, importance sampling from a fitted base when V's oscillation is provably
+        small, else AIS) — or ``"exact"``, ``"quadrature"``, ``"qmc"``, ``"importance"``,
+        ``"ais"``.  ``generator`` / ``random_state`` drive the stochastic rules (None: fresh
+        entropy); extra keyword arguments go to the estimator
+        (:func:`~ebmfit.partition.auto.log_partition`).  The result is cached in
         ``log_partition_`` unless ``cache=False``.
         """
-        if method == "auto":
-            method = "quadrature" if self.dim <= MAX_DIM else "qmc"
-        if method == "quadrature":
-            lz = log_partition_quadrature(self.energy_fn, self.base, **kwargs)
-        elif method == "qmc":
-            lz = log_partition_qmc(self.energy_fn, self.base, **kwargs)
-        else:
-            raise ValueError(
-                f"unknown log-partition method {method!r}: use 'auto', 'quadrature' or 'qmc'"
-            )
+        lz = _log_partition(
+            self.energy_fn,
+            self.base,
+            method,
+            generator=generator,
+            random_state=random_state,
+            **kwargs,
+        )
         if cache:
             self.log_partition_ = lz
         return lz
 
-    def log_prob(self, x) -> np.ndarray:
+    def log_prob(self, x: ArrayLike) -> np.ndarray:
         """Normalized log-density at x (shape (n, d)) in user coordinates → numpy (n,).
 
         Points outside the box get −inf.
@@ -150,11 +200,12 @@ class EnergyModel:
           started from the base P; ``burn_in`` warm-up transitions with dual-averaging step
           size and diagonal mass adaptation are discarded, then every chain contributes one
           draw every ``thin`` transitions.  Approximate: draws are exact only once the chains
-          have forgotten P; ``last_sample_info`` holds the acceptance rate and split R-hat.
+          have forgotten P; ``last_sample_info`` (a :class:`SampleInfo`) holds the
+          acceptance rate and split R-hat.
         - ``"auto"``: exact rejection when its acceptance rate (predicted from
           ``log_partition_`` and the sound bounds) is at least ``min_acceptance`` — always the
           case for the linear energies, whose bounds are tight — else MCMC (e.g. MLP energies,
-          whose interval bounds can be too loose).  ``last_sample_info["method"]`` says which.
+          whose interval bounds can be too loose).  ``last_sample_info.method`` says which.
 
         Raises ``ValueError`` for an unknown method and ``NotImplementedError`` when
         ``"exact"`` is asked for an energy without sound interval bounds.
@@ -170,7 +221,13 @@ class EnergyModel:
         if method == "exact":
             if uniform:
                 u, info = sample_exact(self.energy_fn, n, generator=generator)
-                self.last_sample_info = {"method": "exact", **info._asdict()}
+                self.last_sample_info = SampleInfo(
+                    "exact",
+                    acceptance_rate=info.acceptance_rate,
+                    n_proposed=info.n_proposed,
+                    n_accepted=info.n_accepted,
+                    n_boxes=info.n_boxes,
+                )
             else:
                 u = self._sample_rejection_from_base(n, generator)
         else:
@@ -199,7 +256,7 @@ class EnergyModel:
         return float(np.exp(min(0.0, self.log_partition_.value - log_env)))
 
     @torch.no_grad()
-    def _sample_rejection_from_base(self, n: int, generator) -> torch.Tensor:
+    def _sample_rejection_from_base(self, n: int, generator: torch.Generator) -> torch.Tensor:
         vmin = self._lower_bound()
         dev, dt = self.energy_fn.param_device(), self.energy_fn.param_dtype()
         out, n_acc, n_prop = [], 0, 0
@@ -220,15 +277,14 @@ class EnergyModel:
             out.append(u[keep])
             n_acc += int(keep.sum())
             n_prop += m
-        self.last_sample_info = {
-            "method": "exact",
-            "n_proposed": n_prop,
-            "n_accepted": n_acc,
-            "acceptance_rate": n_acc / n_prop,
-        }
+        self.last_sample_info = SampleInfo(
+            "exact", acceptance_rate=n_acc / n_prop, n_proposed=n_prop, n_accepted=n_acc
+        )
         return torch.cat(out)[:n]
 
-    def _sample_mcmc(self, n: int, generator, burn_in: int, thin: int, n_chains: int):
+    def _sample_mcmc(
+        self, n: int, generator: torch.Generator | None, burn_in: int, thin: int, n_chains: int
+    ) -> torch.Tensor:
         from .samplers import effective_sample_size, run_chains, split_rhat
 
         dev = self.energy_fn.param_device()
@@ -246,18 +302,18 @@ class EnergyModel:
             rhat = float(np.nanmax(split_rhat(draws)))
         if per_chain >= 10:
             ess = float(np.nanmin(effective_sample_size(draws)))
-        self.last_sample_info = {
-            "method": "mcmc",
-            "kernel": "mala",
-            "n_chains": chains,
-            "burn_in": int(burn_in),
-            "thin": int(thin),
-            "acceptance_rate": info["acceptance_rate"],
-            "step_size": info["step_size"],
-            "divergences": info["divergences"],
-            "rhat_max": rhat,
-            "ess_min": ess,
-        }
+        self.last_sample_info = SampleInfo(
+            "mcmc",
+            acceptance_rate=info["acceptance_rate"],
+            kernel="mala",
+            n_chains=chains,
+            burn_in=int(burn_in),
+            thin=int(thin),
+            step_size=info["step_size"],
+            divergences=info["divergences"],
+            rhat_max=rhat,
+            ess_min=ess,
+        )
         return draws.transpose(0, 1).reshape(-1, self.dim)[:n]
 
     def __repr__(self) -> str:

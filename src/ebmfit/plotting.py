@@ -115,7 +115,8 @@ def _corner(model, data, names, lo, hi, n_samples: int, seed: int, max_dims: int
     d = model.dim
     k = max(2, min(d, int(max_dims)))
     S = model.sample(n_samples, generator=torch.Generator().manual_seed(seed))
-    how = (getattr(model, "last_sample_info", None) or {}).get("method", "")
+    info = model.last_sample_info
+    how = "" if info is None else info.method
     fig, axes = plt.subplots(k, k, figsize=(2.3 * k, 2.3 * k), squeeze=False)
     for i in range(k):  # row: y axis = dimension i
         for j in range(k):  # column: x axis = dimension j

@@ -77,11 +77,11 @@ from ..samplers.integrators import energy_and_grad
 from ..samplers.types import State
 from .ais_path import AISConfig, _adaptive_betas, _check_betas, ais_schedule
 from .importance import check_generator_device, log_weight_stats
-from .result import LogZ
+from .result import AISDiagnostics, LogZ
 
 __all__ = [
     "AISConfig",
-    "AISResult",
+    "AISDiagnostics",
     "AISSandwich",
     "ais_sandwich",
     "ais_schedule",
@@ -94,41 +94,12 @@ _MAX_STEP = 1.0
 _INIT_STEP = 0.5
 
 
-class AISResult(NamedTuple):
-    r"""One AIS run (forward or reverse) with its diagnostics.
-
-    Attributes:
-        logz: the estimate; ``bias`` is ``"lower"`` (forward) or ``"upper"`` (reverse).
-        ess: Kish effective sample size of the final weights, in :math:`[1, N]`.
-        log_weights: per-chain log-weights, shape (N,), float64 on the CPU (forward:
-            :math:`\log w_i` with mean :math:`Z`; reverse: :math:`\log w'_i` with mean
-            :math:`1/Z`).
-        acceptance: mean Metropolis acceptance probability over the main chains at each
-            :math:`\beta_t`, shape (T,) for :math:`t = 1..T` (NaN where no transition ran:
-            :math:`\beta_T` in reverse runs).
-        betas: the temperatures :math:`\beta_0 = 0, \dots, \beta_T = 1`, shape (T+1,).
-        step_sizes: the frozen :math:`\varepsilon_t` used at :math:`\beta_t`, shape (T,).
-        samples: final positions, shape (N, d), on the energy's device (forward: after
-            transitions at :math:`\beta = 1`, weighted by ``log_weights`` they estimate model
-            expectations; reverse: positions at :math:`\beta_1`, a sanity check only).
-        divergences: number of divergent transitions in the main run.
-    """
-
-    logz: LogZ
-    ess: float
-    log_weights: torch.Tensor
-    acceptance: torch.Tensor
-    betas: torch.Tensor
-    step_sizes: torch.Tensor
-    samples: torch.Tensor
-    divergences: int
-
-
 class AISSandwich(NamedTuple):
     r"""Forward and reverse AIS on the same path: a stochastic bracket of :math:`\log Z`.
 
     Attributes:
-        lower: forward AIS, :math:`\mathbb E[\cdot] \le \log Z`.
+        lower: forward AIS, :math:`\mathbb E[\cdot] \le \log Z` (a :class:`LogZ` with
+            :class:`~ebmfit.partition.result.AISDiagnostics`).
         upper: reverse AIS from exact samples, :math:`\mathbb E[\cdot] \ge \log Z`.
         is_consistent: False when ``lower`` exceeds ``upper`` by more than ``z_alarm`` combined
             standard errors: then this is *not* a sandwich (samples not exact, too few chains or
@@ -136,19 +107,19 @@ class AISSandwich(NamedTuple):
         message: a one-line verdict.
     """
 
-    lower: AISResult
-    upper: AISResult
+    lower: LogZ
+    upper: LogZ
     is_consistent: bool
     message: str
 
     @property
     def gap(self) -> float:
         """``upper - lower``: the width of the bracket (negative if the two crossed)."""
-        return self.upper.logz.value - self.lower.logz.value
+        return self.upper.value - self.lower.value
 
     def interval(self, z: float = 1.96) -> tuple[float, float]:
         """``(lower - z·SE_lower, upper + z·SE_upper)``."""
-        lo, up = self.lower.logz, self.upper.logz
+        lo, up = self.lower, self.upper
         return (lo.value - z * lo.stderr, up.value + z * up.stderr)
 
 
@@ -372,11 +343,12 @@ def _run(direction, en, starts, plan, kern, n_steps, kw, generator, chunk, evals
         acceptance[-1] = math.nan
     log_mean, se, ess = log_weight_stats(lw)
     n_evals = en.n_evals - evals_before
+    diagnostics = AISDiagnostics(
+        ess, lw, acceptance, plan.betas, plan.step_sizes, torch.cat(xs), div
+    )
     if direction == "forward":
-        logz = LogZ(log_mean, se, "ais-forward", n_evals, "lower")
-    else:
-        logz = LogZ(-log_mean, se, "ais-reverse", n_evals, "upper")
-    return AISResult(logz, ess, lw, acceptance, plan.betas, plan.step_sizes, torch.cat(xs), div)
+        return LogZ(log_mean, se, "ais-forward", n_evals, "lower", diagnostics)
+    return LogZ(-log_mean, se, "ais-reverse", n_evals, "upper", diagnostics)
 
 
 def _setup(energy, base, cfg: AISConfig, generator):
@@ -428,7 +400,7 @@ def log_partition_ais(
     config: AISConfig | None = None,
     generator: torch.Generator,
     **settings: Any,
-) -> AISResult:
+) -> LogZ:
     r"""Forward AIS estimate of :math:`\log Z`, a stochastic lower bound (see module docstring).
 
     Args:
@@ -441,8 +413,9 @@ def log_partition_ais(
         **settings: fields of :class:`AISConfig` overriding ``config`` (e.g. ``n_temps=64``).
 
     Returns:
-        :class:`AISResult` with ``logz.bias == "lower"``: :math:`\mathbb E[\log\hat Z] \le
-        \log Z`.  ``logz.n_evals`` counts energy evaluations (points), pilot included.
+        :class:`LogZ` with ``bias == "lower"`` (:math:`\mathbb E[\log\hat Z] \le \log Z`)
+        and :class:`~ebmfit.partition.result.AISDiagnostics`; ``n_evals`` counts energy
+        evaluations (points), pilot included.
 
     Example:
         >>> import torch
@@ -451,7 +424,7 @@ def log_partition_ais(
         >>> r = log_partition_ais(e, n_chains=256, n_temps=64,
         ...                       generator=torch.Generator().manual_seed(0))
         >>> truth = 3 * math.log(math.sqrt(2 * math.pi / 50) * math.erf(0.5 * math.sqrt(25)))
-        >>> abs(r.logz.value - truth) < 4 * r.logz.stderr + 1e-3
+        >>> abs(r.value - truth) < 4 * r.stderr + 1e-3
         True
     """
     cfg = _config(config, settings)
@@ -472,14 +445,15 @@ def log_partition_reverse_ais(
     config: AISConfig | None = None,
     generator: torch.Generator,
     **settings: Any,
-) -> AISResult:
+) -> LogZ:
     r"""Reverse AIS from **exact** model samples: a stochastic upper bound on :math:`\log Z`.
 
     ``samples`` (shape (N, d), in the cube) must be i.i.d. draws from
     :math:`e^{-V}dP/Z` — e.g. from :func:`ebmfit.samplers.exact.sample_exact` — one reverse
     chain each; ``None`` raises ``ValueError``.  Other arguments as in
     :func:`log_partition_ais` (the pilot runs forward from the base, independent of
-    ``samples``).  Returns :class:`AISResult` with ``logz.bias == "upper"``:
+    ``samples``).  Returns a :class:`LogZ` with ``bias == "upper"`` and
+    :class:`~ebmfit.partition.result.AISDiagnostics`:
     :math:`\mathbb E[\log\hat Z_{\rm rev}] \ge \log Z` — *only* when the samples are exact.
     """
     cfg = _config(config, settings)
@@ -532,8 +506,8 @@ def ais_sandwich(
     lower = _run("forward", en, x0, plan, kern, cfg.n_steps, kw, generator, cfg.chunk, evals0)
     evals1 = en.n_evals
     upper = _run("reverse", en, x, plan, kern, cfg.n_steps, kw, generator, cfg.chunk, evals1)
-    crossing = lower.logz.value - upper.logz.value
-    se = math.hypot(lower.logz.stderr, upper.logz.stderr)
+    crossing = lower.value - upper.value
+    se = math.hypot(lower.stderr, upper.stderr)
     if crossing > z_alarm * se:
         ok = False
         msg = (

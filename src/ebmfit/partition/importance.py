@@ -22,32 +22,20 @@ itself unreliable and annealing (:mod:`ebmfit.partition.ais`) should be used ins
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 
 from ..base import BaseMeasure, Uniform
 from ..energies.base import Energy
-from .result import LogZ
+from .result import ISDiagnostics, LogZ
 
-__all__ = ["ISResult", "check_generator_device", "log_partition_importance", "log_weight_stats"]
-
-
-class ISResult(NamedTuple):
-    r"""Importance-sampling estimate of :math:`\log Z` with its weight diagnostics.
-
-    Attributes:
-        logz: the estimate (:class:`LogZ`, bias ``"lower"``).
-        ess: Kish effective sample size of the normalized weights, in :math:`[1, N]`.
-        max_weight: the largest normalized weight :math:`\max_k w_k / \sum_j w_j`.
-        batch_logz: :math:`\log` of each batch's mean weight, shape (n_batches,), float64 (CPU);
-            their spread is a direct check of the pooled standard error.
-    """
-
-    logz: LogZ
-    ess: float
-    max_weight: float
-    batch_logz: torch.Tensor
+__all__ = [
+    "ISDiagnostics",
+    "check_generator_device",
+    "combine_batches",
+    "log_partition_importance",
+    "log_weight_stats",
+]
 
 
 def check_generator_device(generator: torch.Generator, device: torch.device) -> None:
@@ -89,7 +77,7 @@ def log_partition_importance(
     n_samples: int = 65536,
     n_batches: int = 4,
     generator: torch.Generator,
-) -> ISResult:
+) -> LogZ:
     r"""log Z by ``n_batches`` × ``n_samples`` i.i.d. draws from the base (see module docstring).
 
     Args:
@@ -102,7 +90,8 @@ def log_partition_importance(
         generator: a ``torch.Generator`` on the energy's device.
 
     Returns:
-        :class:`ISResult`; ``logz.method == "importance"``, ``logz.bias == "lower"``.
+        :class:`LogZ` with ``method == "importance"``, ``bias == "lower"`` and
+        :class:`~ebmfit.partition.result.ISDiagnostics` (ESS, largest weight, batch values).
 
     Example:
         >>> import torch
@@ -110,7 +99,7 @@ def log_partition_importance(
         >>> e = QuadraticEnergy(2, precision=4.0 * torch.eye(2))
         >>> r = log_partition_importance(e, n_samples=4096, n_batches=2,
         ...                              generator=torch.Generator().manual_seed(0))
-        >>> r.logz.bias, r.ess > 1000
+        >>> r.bias, r.diagnostics.ess > 1000
         ('lower', True)
     """
     d = energy.dim
@@ -135,15 +124,28 @@ def log_partition_importance(
             l1s.append(torch.logsumexp(lw, 0))
             l2s.append(torch.logsumexp(2 * lw, 0))
             maxs.append(lw.max())
-    l1b = torch.stack(l1s).cpu()
+    return combine_batches(
+        torch.stack(l1s).cpu(), torch.stack(l2s).cpu(), torch.stack(maxs).cpu(), n_samples
+    )
+
+
+def combine_batches(
+    l1b: torch.Tensor, l2b: torch.Tensor, maxb: torch.Tensor, n_samples: int
+) -> LogZ:
+    r"""The pooled estimate of :func:`log_partition_importance` from per-batch sums.
+
+    ``l1b``, ``l2b``, ``maxb``: :math:`\log\sum_k w_k`, :math:`\log\sum_k w_k^2` and
+    :math:`\max_k \log w_k` of each batch of ``n_samples`` draws, shape (n_batches,), float64
+    on the CPU.
+    """
     l1 = float(torch.logsumexp(l1b, 0))
     if l1 == -math.inf:
         raise FloatingPointError("every weight is zero (energy is +inf at every draw)")
-    l2 = float(torch.logsumexp(torch.stack(l2s).cpu(), 0))
-    n = n_samples * n_batches
+    l2 = float(torch.logsumexp(l2b, 0))
+    n = int(n_samples) * l1b.numel()
     ess = math.exp(2 * l1 - l2)
     se = math.sqrt(max(n / ess - 1.0, 0.0) / (n - 1))
     value = l1 - math.log(n)
-    max_w = math.exp(float(torch.stack(maxs).max()) - l1)
-    logz = LogZ(value, se, "importance", n, "lower")
-    return ISResult(logz, ess, max_w, l1b - math.log(n_samples))
+    max_w = math.exp(float(maxb.max()) - l1)
+    diagnostics = ISDiagnostics(ess, max_w, l1b - math.log(n_samples))
+    return LogZ(value, se, "importance", n, "lower", diagnostics)

@@ -17,7 +17,7 @@ from scipy.stats import qmc
 
 from ..base import BaseMeasure, Uniform
 from ..energies.base import Energy
-from .result import LogZ
+from .result import LogZ, QMCDiagnostics
 
 __all__ = ["combine_replicates", "log_integrand", "log_partition_qmc"]
 
@@ -47,7 +47,8 @@ def combine_replicates(log_zr: np.ndarray, n_points: int) -> LogZ:
     z = np.exp(log_zr - shift)
     value = shift + math.log(z.mean())
     stderr = float(z.std(ddof=1) / (math.sqrt(log_zr.size) * z.mean()))
-    return LogZ(float(value), stderr, "sobol-qmc", n_points * log_zr.size, "lower")
+    diagnostics = QMCDiagnostics(np.asarray(log_zr, dtype=np.float64).copy(), int(n_points))
+    return LogZ(float(value), stderr, "sobol-qmc", n_points * log_zr.size, "lower", diagnostics)
 
 
 def log_partition_qmc(
@@ -59,7 +60,8 @@ def log_partition_qmc(
     random_state: int | np.random.Generator | None = None,
     chunk: int = 65536,
 ) -> LogZ:
-    """log Z by ``n_rep`` scrambled Sobol sets of ``n_points`` (a power of 2) points each."""
+    """log Z by ``n_rep`` scrambled Sobol sets of ``n_points`` (a power of 2) points each;
+    a :class:`LogZ` with :class:`~ebmfit.partition.result.QMCDiagnostics`."""
     d = energy.dim
     base = base if base is not None else Uniform(d)
     if n_points & (n_points - 1):

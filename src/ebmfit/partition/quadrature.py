@@ -44,7 +44,7 @@ import torch
 from ..base import BaseMeasure, Uniform
 from ..energies.interval import bisect_boxes
 from ..grid import gauss_legendre_1d, gauss_legendre_cube, tensor_grid, tensor_log_weights
-from .result import LogZ
+from .result import LogZ, QuadratureDiagnostics
 
 __all__ = [
     "QuadratureWarning",
@@ -215,7 +215,8 @@ def log_partition_quadrature(
     check: bool = True,
     warn_above: float = 0.05,
 ) -> LogZ:
-    """log Z by composite Gauss–Legendre at ``n_cells`` and ``2·n_cells``; returns :class:`LogZ`.
+    """log Z by composite Gauss–Legendre at ``n_cells`` and ``2·n_cells``; returns :class:`LogZ`
+    with :class:`~ebmfit.partition.result.QuadratureDiagnostics`.
 
     ``stderr`` is the absolute difference between the two levels, widened to the disagreement
     with an independent rule (``check=True``, see the module docstring): an error bar that
@@ -242,7 +243,8 @@ def log_partition_quadrature(
         n_evals += n
     if not all(math.isfinite(v) for v in vals):
         raise FloatingPointError(f"log Z is not finite at the quadrature nodes: {vals}")
-    lz = LogZ(vals[1], abs(vals[1] - vals[0]), "gauss-legendre", n_evals, "none")
+    diagnostics = QuadratureDiagnostics(n_cells, n_nodes, (vals[0], vals[1]))
+    lz = LogZ(vals[1], abs(vals[1] - vals[0]), "gauss-legendre", n_evals, "none", diagnostics)
     return check_log_partition(energy, base, lz, warn_above=warn_above) if check else lz
 
 
@@ -250,7 +252,8 @@ def check_log_partition(
     energy, base: BaseMeasure | None, lz: LogZ, *, warn_above: float = 0.05
 ) -> LogZ:
     """Check a tensor-rule ``lz`` (d ≤ 3) against the adaptive rule (module docstring); returns
-    the value and error to report, with the check's evaluations added to ``n_evals``."""
+    the value and error to report, with the check's evaluations added to ``n_evals`` and its
+    outcome in the :class:`~ebmfit.partition.result.QuadratureDiagnostics`."""
     d = energy.dim
     base = base if base is not None else Uniform(d)
     value, err, n_evals = float(lz.value), float(lz.stderr), int(lz.n_evals)
@@ -297,4 +300,10 @@ def check_log_partition(
             QuadratureWarning,
             stacklevel=2,
         )
-    return LogZ(value, err, method, n_evals, "none")
+    diag = lz.diagnostics
+    if not isinstance(diag, QuadratureDiagnostics):  # a tensor rule computed elsewhere
+        diag = QuadratureDiagnostics(0, 0, (math.nan, float(lz.value)))
+    diag = diag._replace(
+        adaptive=alt, adaptive_error=alt_err, converged=converged, n_suspect=suspects
+    )
+    return LogZ(value, err, method, n_evals, "none", diag)

@@ -3,9 +3,12 @@ r"""log Z across processes (torch.distributed): each rank evaluates its share of
 The fit loops themselves run on N processes through :class:`~ebmfit.training.parallel.ParallelContext`
 (``fit_sgd(parallel=...)``, ``fit_convex(parallel=...)``, ``EnergyDensity.fit(X,
 parallel=...)``); this module splits the *estimates* of log Z over ranks: quadrature nodes,
-scrambled Sobol points and AIS chains, in rank order, so that the estimate and its standard
-error are those of one process with the same points or chains, whatever the number of ranks.
-Without an initialised process group everything here runs as a single rank.
+scrambled Sobol points, importance batches and AIS chains, in rank order, so that the estimate
+and its standard error are those of one process with the same points or chains, whatever the
+number of ranks.  :func:`log_partition_distributed` resolves ``"auto"`` by the one rule of the
+estimator and :class:`~ebmfit.EnergyModel`
+(:func:`~ebmfit.partition.auto.log_partition_rule`).  Without an initialised process group
+everything here runs as a single rank.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ import torch
 from scipy.stats import qmc
 
 from ..base import BaseMeasure, Uniform
+from ..energies.base import Energy
 from ..grid import gauss_legendre_1d
-from ..partition.ais import AISResult, log_partition_ais
-from ..partition.importance import log_weight_stats
+from ..partition.ais import log_partition_ais
+from ..partition.auto import LOG_PARTITION_METHODS, log_partition_rule
+from ..partition.importance import combine_batches, log_weight_stats
 from ..partition.qmc import combine_replicates, log_integrand
-from ..partition.quadrature import MAX_DIM, default_resolution
-from ..partition.result import LogZ
+from ..partition.quadrature import MAX_DIM, check_log_partition, default_resolution
+from ..partition.result import AISDiagnostics, LogZ, QuadratureDiagnostics
+from .fit import base_check_points
 from .parallel import ParallelContext, init_parallel, partition_range, step_seed
 
 __all__ = [
@@ -33,9 +39,11 @@ __all__ = [
     "check_log_partition_distributed",
     "current_context",
     "gather_rows",
+    "grid_logsumexp_distributed",
     "log_mean_exp_distributed",
     "log_partition_ais_distributed",
-    "log_partition_grid_distributed",
+    "log_partition_distributed",
+    "log_partition_importance_distributed",
     "log_partition_qmc_distributed",
     "log_partition_quadrature_distributed",
     "shard_rows",
@@ -45,6 +53,7 @@ __all__ = [
 #: The context type (an alias kept for the log Z functions' signatures).
 DistContext = ParallelContext
 _AIS = 3  # random stream of AIS blocks in ``step_seed``
+_IS = 4  # random stream of importance batches
 
 
 def current_context(device: str | torch.device | None = None) -> ParallelContext:
@@ -91,8 +100,8 @@ def _unravel(idx: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def log_partition_grid_distributed(
-    energy,
+def grid_logsumexp_distributed(
+    energy: Energy,
     base: BaseMeasure,
     axes: Sequence[torch.Tensor],
     weights: Sequence[torch.Tensor],
@@ -120,10 +129,10 @@ def log_partition_grid_distributed(
 
 
 def log_partition_quadrature_distributed(
-    energy, base: BaseMeasure | None = None, ctx: DistContext | None = None
+    energy: Energy, base: BaseMeasure | None = None, ctx: DistContext | None = None
 ) -> LogZ:
-    """:func:`ebmfit.partition.quadrature.log_partition_quadrature` (default resolutions), with
-    the nodes of both levels split over ranks."""
+    """:func:`ebmfit.partition.quadrature.log_partition_quadrature` (default resolutions,
+    ``check=False``), with the nodes of both levels split over ranks."""
     ctx = ctx or current_context()
     d = energy.dim
     if d > MAX_DIM:
@@ -133,16 +142,17 @@ def log_partition_quadrature_distributed(
     vals, n_evals = [], 0
     for c in (cells, 2 * cells):
         ax, w = gauss_legendre_1d(c, nodes)
-        vals.append(log_partition_grid_distributed(energy, base, [ax] * d, [w] * d, ctx))
+        vals.append(grid_logsumexp_distributed(energy, base, [ax] * d, [w] * d, ctx))
         n_evals += ax.numel() ** d
     if not all(math.isfinite(v) for v in vals):
         raise FloatingPointError(f"log Z is not finite at the quadrature nodes: {vals}")
-    return LogZ(vals[1], abs(vals[1] - vals[0]), "gauss-legendre", n_evals, "none")
+    diagnostics = QuadratureDiagnostics(cells, nodes, (vals[0], vals[1]))
+    return LogZ(vals[1], abs(vals[1] - vals[0]), "gauss-legendre", n_evals, "none", diagnostics)
 
 
 @torch.no_grad()
 def log_partition_qmc_distributed(
-    energy,
+    energy: Energy,
     base: BaseMeasure | None = None,
     ctx: DistContext | None = None,
     *,
@@ -201,7 +211,7 @@ def log_mean_exp_distributed(
 
 
 def log_partition_ais_distributed(
-    energy,
+    energy: Energy,
     base: BaseMeasure | None = None,
     ctx: DistContext | None = None,
     *,
@@ -211,7 +221,7 @@ def log_partition_ais_distributed(
     schedule: str | torch.Tensor = "adaptive",
     step_size: float | torch.Tensor | None = None,
     **ais_kwargs: Any,
-) -> AISResult:
+) -> LogZ:
     r"""Forward AIS (:func:`ebmfit.partition.ais.log_partition_ais`) with the chains split over
     ranks.
 
@@ -220,8 +230,9 @@ def log_partition_ais_distributed(
     chains come in ``n_blocks`` fixed blocks; block b runs from its own generator
     ``step_seed(seed, 3, b)`` and rank r runs the blocks ``partition_range(n_blocks, r, W)``.
     The log-weights of all chains are gathered; the estimate, its standard error and the ESS
-    are those of one process running the same blocks, whatever W.  ``samples`` holds this
-    rank's final positions only; ``acceptance`` and ``divergences`` cover all chains.
+    are those of one process running the same blocks, whatever W.  In the
+    :class:`~ebmfit.partition.result.AISDiagnostics`, ``samples`` holds this rank's final
+    positions only; ``log_weights``, ``acceptance`` and ``divergences`` cover all chains.
     ``ais_kwargs`` go to :func:`~ebmfit.partition.ais.log_partition_ais` (``n_temps``,
     ``kernel``, ``n_steps``, ``n_pilot``, ...).
     """
@@ -242,7 +253,7 @@ def log_partition_ais_distributed(
                 energy, base, n_chains=2, schedule=schedule, step_size=step_size, generator=g,
                 **ais_kwargs,
             )  # fmt: skip
-            plan = (r.betas, r.step_sizes, r.logz.n_evals)
+            plan = (r.diagnostics.betas, r.diagnostics.step_sizes, r.n_evals)
         plan = _broadcast(plan, ctx)
         pilot_evals = plan[2]
     betas, eps = plan[0], plan[1]
@@ -258,37 +269,140 @@ def log_partition_ais_distributed(
             )
         )  # fmt: skip
     counts = torch.zeros(3 + betas.numel() - 1, dtype=torch.float64)  # n, div, evals, Σ acc
-    for r in results:
-        n = r.log_weights.numel()
-        counts[:3] += torch.tensor([n, r.divergences, r.logz.n_evals], dtype=torch.float64)
-        counts[3:] += n * r.acceptance
+    diags = [r.diagnostics for r in results]
+    for r, g in zip(results, diags, strict=True):
+        n = g.log_weights.numel()
+        counts[:3] += torch.tensor([n, g.divergences, r.n_evals], dtype=torch.float64)
+        counts[3:] += n * g.acceptance
     tot = _all_gather(counts, ctx).sum(0)
-    lw_local = torch.cat([r.log_weights for r in results] or [torch.empty(0, dtype=torch.float64)])
+    lw_local = torch.cat([g.log_weights for g in diags] or [torch.empty(0, dtype=torch.float64)])
     lw = gather_rows(lw_local, ctx).cpu()
     value, stderr, ess = log_weight_stats(lw)
-    logz = LogZ(value, stderr, "ais-forward", int(tot[2]) + pilot_evals, "lower")
     samples = torch.cat(
-        [r.samples for r in results]
-        or [torch.empty(0, energy.dim, dtype=torch.float64, device=dev)]
+        [g.samples for g in diags] or [torch.empty(0, energy.dim, dtype=torch.float64, device=dev)]
     )
-    return AISResult(logz, ess, lw, tot[3:] / tot[0], betas, eps, samples, int(tot[1]))
+    diagnostics = AISDiagnostics(ess, lw, tot[3:] / tot[0], betas, eps, samples, int(tot[1]))
+    n_evals = int(tot[2]) + pilot_evals
+    return LogZ(value, stderr, "ais-forward", n_evals, "lower", diagnostics)
 
 
-def check_log_partition_distributed(energy, base: BaseMeasure, ctx: DistContext) -> float:
-    """The checking rule of :func:`ebmfit.training.fit.check_log_partition`, split over ranks."""
+@torch.no_grad()
+def _batch_stats(energy: Energy, u: torch.Tensor) -> torch.Tensor:
+    """``(logsumexp lw, logsumexp 2 lw, max lw)`` of the log-weights lw = −V(u), float64."""
+    lw = -energy(u).to(torch.float64)  # as in log_partition_importance
+    if torch.isnan(lw).any() or torch.isposinf(lw).any():
+        raise FloatingPointError(
+            "energy is NaN or -inf at a base draw; log Z is undefined or infinite"
+        )
+    return torch.stack([torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0), lw.max()]).cpu()
+
+
+def log_partition_importance_distributed(
+    energy: Energy,
+    base: BaseMeasure | None = None,
+    ctx: DistContext | None = None,
+    *,
+    n_samples: int = 65536,
+    n_batches: int = 4,
+    seed: int = 0,
+) -> LogZ:
+    r""":func:`ebmfit.partition.importance.log_partition_importance` with its batches split
+    over ranks.
+
+    Batch b draws its ``n_samples`` points from the base with its own generator
+    ``step_seed(seed, 4, b)``; rank r evaluates the batches ``partition_range(n_batches, r,
+    W)``.  The batches' log-sums are gathered and pooled as in one process, so the estimate,
+    its standard error and the :class:`~ebmfit.partition.result.ISDiagnostics` are those of
+    one process running the same batches, whatever W.
+    """
+    ctx = ctx or current_context()
+    base = base if base is not None else Uniform(energy.dim)
+    n_samples, n_batches = int(n_samples), int(n_batches)
+    if n_samples < 1 or n_batches < 1 or n_samples * n_batches < 2:
+        raise ValueError(
+            f"need n_samples >= 1, n_batches >= 1 and at least 2 draws; got {n_samples}, "
+            f"{n_batches}"
+        )
+    dev = energy.param_device()
+    local = torch.full((n_batches, 3), -math.inf, dtype=torch.float64)
+    b0, b1 = partition_range(n_batches, ctx.rank, ctx.world_size)
+    for b in range(b0, b1):
+        g = _generator(step_seed(seed, _IS, b), dev)
+        u = base.sample(n_samples, generator=g, dtype=torch.float64, device=dev)
+        local[b] = _batch_stats(energy, u)
+    stats = all_gather_logsumexp(local, ctx)  # one rank holds each batch: exact
+    return combine_batches(stats[:, 0], stats[:, 1], stats[:, 2], n_samples)
+
+
+def log_partition_distributed(
+    energy: Energy,
+    base: BaseMeasure | None = None,
+    ctx: DistContext | None = None,
+    method: str = "auto",
+    *,
+    seed: int = 0,
+) -> LogZ:
+    """log Z by ``method`` with the work split over ranks; ``"auto"`` is the rule of the
+    estimator and :class:`~ebmfit.EnergyModel`
+    (:func:`~ebmfit.partition.auto.log_partition_rule`).
+
+    ``"quadrature"`` splits both tensor levels over ranks, then rank 0 runs the independent
+    adaptive check (:func:`~ebmfit.partition.quadrature.check_log_partition`) and sends the
+    result to all; ``"qmc"``, ``"importance"`` and ``"ais"`` are the split estimators above,
+    seeded by ``seed`` (the same on every rank); ``"exact"`` needs V ≡ 0.
+    """
+    ctx = ctx or current_context()
+    base = base if base is not None else Uniform(energy.dim)
+    if method not in LOG_PARTITION_METHODS:
+        raise ValueError(
+            f"unknown log-partition method {method!r}: use one of "
+            + ", ".join(repr(m) for m in LOG_PARTITION_METHODS)
+        )
+    if method == "auto":
+        method = log_partition_rule(energy, base)
+    if method == "exact":
+        if getattr(energy, "family", None) != "zero":
+            raise ValueError("log_partition='exact' needs V = 0 (the base alone)")
+        return LogZ(0.0, 0.0, "exact", 0, "none")
+    if method == "quadrature":
+        lz = log_partition_quadrature_distributed(energy, base, ctx)
+        checked = check_log_partition(energy, base, lz) if ctx.is_main else None
+        return _broadcast(checked, ctx)
+    if method == "qmc":
+        return log_partition_qmc_distributed(energy, base, ctx, random_state=int(seed))
+    if method == "importance":
+        return log_partition_importance_distributed(energy, base, ctx, seed=seed)
+    return log_partition_ais_distributed(energy, base, ctx, seed=seed)
+
+
+def check_log_partition_distributed(energy: Energy, base: BaseMeasure, ctx: DistContext) -> float:
+    """The checking rule of :func:`ebmfit.training.fit.check_log_partition`, split over ranks:
+    the same rule and points (a grid for d ≤ 3; else scrambled Sobol for the uniform base and
+    the fixed seeded draw of a fitted base), each rank evaluating its share."""
     d = energy.dim
     if d <= MAX_DIM:
         cells, nodes = default_resolution(d)
         ax, w = gauss_legendre_1d(cells, nodes)
-        return log_partition_grid_distributed(energy, base, [ax] * d, [w] * d, ctx)
-    return log_partition_qmc_distributed(
-        energy, base, ctx, n_points=2**13, n_rep=8, random_state=12345
-    ).value
+        return grid_logsumexp_distributed(energy, base, [ax] * d, [w] * d, ctx)
+    if isinstance(base, Uniform):
+        return log_partition_qmc_distributed(
+            energy, base, ctx, n_points=2**13, n_rep=8, random_state=12345
+        ).value
+    pts = base_check_points(base, energy.param_device())
+    s, e = ctx.share(pts.shape[0])
+    dt = energy.param_dtype()
+    with torch.no_grad():
+        v = torch.cat(
+            [energy(c.to(dt)).to(torch.float64) for c in pts[s:e].split(65536)]
+            or [torch.empty(0, dtype=torch.float64, device=pts.device)]
+        )
+    local = torch.logsumexp(-v, 0) if v.numel() else torch.tensor(-math.inf, dtype=torch.float64)
+    return float(all_gather_logsumexp(local.cpu(), ctx)) - math.log(pts.shape[0])
 
 
 @torch.no_grad()
 def validation_nll_distributed(
-    energy, U_val_local: torch.Tensor, base: BaseMeasure, ctx: DistContext
+    energy: Energy, U_val_local: torch.Tensor, base: BaseMeasure, ctx: DistContext
 ) -> float:
     """:func:`ebmfit.training.validation_nll` of the union of the ranks' validation rows."""
     dt = energy.param_dtype()

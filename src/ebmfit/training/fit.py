@@ -17,8 +17,8 @@ such events the fit stops, keeps its best validated state and emits a :class:`Fi
 (:class:`FitError` only when no validated state is usable).
 
 **Stability diagnostics** (:class:`StabilityMonitor`).  Every step records what the negative
-phase saw: the strategy's ``last_info`` (acceptance rate and step size of MCMC chains), the
-*energy gap* :math:`\frac1{|B|}\sum_B V - \mathbb{E}_\pi[V]` between the data batch and the
+phase saw: the strategy's ``last_info`` (a :class:`~ebmfit.training.negatives.NegativesInfo`:
+acceptance rate and step size of MCMC chains), the *energy gap* :math:`\frac1{|B|}\sum_B V - \mathbb{E}_\pi[V]` between the data batch and the
 negatives (zero at a stationary point of the likelihood for any family closed under
 :math:`V \mapsto cV`, e.g. every MLP with a linear output layer), and for self-normalised
 negatives the effective sample size :math:`1/\sum_k \pi_k^2`.  Their means over each
@@ -47,7 +47,7 @@ from ..grid import gauss_legendre_1d
 from ..partition.qmc import log_partition_qmc
 from ..partition.quadrature import MAX_DIM, default_resolution, grid_log_integrand
 from ._progress import nll_offset, progress_bar
-from .negatives import NegativePhaseError
+from .negatives import NegativePhaseError, info_fields
 from .parallel import ParallelContext
 from .sgd_state import global_step_stats, load_state, save_state, sgd_config
 from .sharding import ShardedNegatives
@@ -87,7 +87,7 @@ _CHECK_POINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CHECK_N = 2**16
 
 
-def _base_check_points(base: BaseMeasure, device) -> torch.Tensor:
+def base_check_points(base: BaseMeasure, device) -> torch.Tensor:
     """A fixed draw of ``_CHECK_N`` points from the base (seeded; cached per base object)."""
     pts = _CHECK_POINTS.get(base)
     if pts is None:
@@ -107,7 +107,7 @@ def check_log_partition(energy, base: BaseMeasure) -> float:
     if isinstance(base, Uniform):
         return log_partition_qmc(energy, base, n_points=2**13, n_rep=8, random_state=12345).value
     # a fitted base: importance sampling from a fixed seeded draw of the base
-    pts = _base_check_points(base, energy.param_device())
+    pts = base_check_points(base, energy.param_device())
     dt = energy.param_dtype()
     with torch.no_grad():
         v = torch.cat([energy(c.to(dt)).to(torch.float64) for c in pts.split(65536)])
@@ -351,7 +351,9 @@ def fit_sgd(
                 lse_z = float(torch.logsumexp(neg.log_weights - V_neg.detach(), 0))
                 pi_sq = float((pi * pi).sum())
             else:  # π normalised over every rank's negatives; the data term over the batch
-                st = global_step_stats(par, V_data, V_neg, neg, bs, negatives.last_info)
+                st = global_step_stats(
+                    par, V_data, V_neg, neg, bs, info_fields(negatives.last_info)
+                )
                 pi = torch.exp(logits.detach() - st.log_norm)
                 surrogate = V_data.sum() / bs - (pi * V_neg).sum()
                 mean_v_data, gap, lse_z, pi_sq = st.mean_v_data, st.gap, st.lse_z, st.pi_sq
@@ -385,7 +387,7 @@ def fit_sgd(
             history.append({"iter": it, "event": msg})
             warnings.warn(f"iteration {it}: {msg}", FitWarning, stacklevel=2)
             continue
-        info = dict(getattr(negatives, "last_info", None) or {})
+        info = info_fields(getattr(negatives, "last_info", None))
         info["energy_gap"] = gap
         if W > 1:
             info.update(st.info)

@@ -17,14 +17,16 @@ Strategies:
 - :class:`ShortRunChains` — short-run chains from the base or from the data (CD-k).
 
 A strategy is a callable ``strategy(energy, generator) -> Negatives``; state (chain positions,
-adapted step size) lives in the object.  After every call ``strategy.last_info`` is a dict of
-diagnostics of that call (acceptance rate, step size, ...); the fit loop adds the energy gap
-and, for self-normalised negatives, the effective sample size, and records them.
+adapted step size) lives in the object.  After every call ``strategy.last_info`` is a
+:class:`NegativesInfo` of that call (acceptance rate, step size, ...; None where a field does not
+apply); the fit loop adds the energy gap and, for self-normalised negatives, the effective
+sample size, and records them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -41,12 +43,14 @@ __all__ = [
     "ImportanceNegatives",
     "NegativePhaseError",
     "Negatives",
+    "NegativesInfo",
     "PersistentChains",
     "ShiftedGridNegatives",
     "ShortRunChains",
     "chain_energy",
     "default_grid_points",
     "independence_step",
+    "info_fields",
 ]
 
 
@@ -58,6 +62,43 @@ class Negatives(NamedTuple):
     points: torch.Tensor  # (m, d) on the unit cube
     log_weights: torch.Tensor  # (m,) log w_k (float64)
     self_normalize: bool  # π ∝ w e^{-V} (True) or π ∝ w (False)
+
+
+class NegativesInfo(NamedTuple):
+    """Diagnostics of one call of a strategy (``strategy.last_info``); None where a field does
+    not apply to the strategy.
+
+    Attributes:
+        n_points: points returned (grid and importance strategies).
+        kernel: the MCMC kernel's name (chain strategies).
+        acceptance_rate: mean Metropolis acceptance over the call's transitions.
+        step_size: mean step size ε over the call's transitions.
+        divergences: divergent chain-transitions in the call.
+        mean_jump: mean distance a chain moved during the call.
+        n_steps: transitions per chain in the call.
+        n_reinit: chains restarted from the base (persistent chains).
+        restart_acceptance: acceptance of the independence restarts (``reinit="metropolis"``).
+    """
+
+    n_points: int | None = None
+    kernel: str | None = None
+    acceptance_rate: float | None = None
+    step_size: float | None = None
+    divergences: int | None = None
+    mean_jump: float | None = None
+    n_steps: int | None = None
+    n_reinit: int | None = None
+    restart_acceptance: float | None = None
+
+
+def info_fields(info: NegativesInfo | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The fields of a ``last_info`` that apply (not None), as a dict; a mapping (a strategy
+    of one's own) is copied, None gives ``{}``."""
+    if info is None:
+        return {}
+    if isinstance(info, NegativesInfo):
+        return {k: v for k, v in info._asdict().items() if v is not None}
+    return dict(info)
 
 
 def default_grid_points(dim: int) -> int:
@@ -86,7 +127,7 @@ class ShiftedGridNegatives:
         self.base = base if base is not None else Uniform(dim)
         if self.points_per_axis % n_nodes:
             raise ValueError("points_per_axis must be a multiple of n_nodes")
-        self.last_info: dict[str, Any] = {}
+        self.last_info = NegativesInfo()
 
     def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
@@ -97,7 +138,7 @@ class ShiftedGridNegatives:
         logw = tensor_log_weights([w for _, w in rules], torch.float64)
         if not isinstance(self.base, Uniform):
             logw = logw + self.base.log_prob(pts)
-        self.last_info = {"n_points": int(pts.shape[0])}
+        self.last_info = NegativesInfo(n_points=int(pts.shape[0]))
         return Negatives(pts, logw, True)
 
 
@@ -112,7 +153,7 @@ class ImportanceNegatives:
         self.dim = dim
         self.n_samples = n_samples
         self.base = base if base is not None else Uniform(dim)
-        self.last_info: dict[str, Any] = {}
+        self.last_info = NegativesInfo()
 
     def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
@@ -120,7 +161,7 @@ class ImportanceNegatives:
         logw = torch.full(
             (self.n_samples,), -math.log(self.n_samples), dtype=torch.float64, device=dev
         )
-        self.last_info = {"n_points": self.n_samples}
+        self.last_info = NegativesInfo(n_points=self.n_samples)
         return Negatives(pts, logw, True)
 
 
@@ -238,7 +279,7 @@ def _advance(
     kwargs,
     base: BaseMeasure | None = None,
     restart: torch.Tensor | None = None,
-) -> tuple[State, dict[str, Any]]:
+) -> tuple[State, NegativesInfo]:
     """An independence move from ``base`` for the chains in ``restart`` (a mask), then
     ``n_steps`` kernel transitions; returns the state and statistics."""
     state = _checked_state(fn, position)
@@ -257,15 +298,14 @@ def _advance(
         eps_sum += eps
         if adapt:
             step.update(a)
-    stats = {
-        "acceptance_rate": acc / n_steps if n_steps else math.nan,
-        "step_size": eps_sum / n_steps if n_steps else step.value,
-        "divergences": div,
-        "mean_jump": float((state.position - start).norm(dim=-1).mean()),
-        "n_steps": int(n_steps),
-    }
-    if restart is not None:
-        stats["restart_acceptance"] = restart_acc
+    stats = NegativesInfo(
+        acceptance_rate=acc / n_steps if n_steps else math.nan,
+        step_size=eps_sum / n_steps if n_steps else step.value,
+        divergences=div,
+        mean_jump=float((state.position - start).norm(dim=-1).mean()),
+        n_steps=int(n_steps),
+        restart_acceptance=restart_acc if restart is not None else None,
+    )
     return state, stats
 
 
@@ -292,7 +332,8 @@ class PersistentChains:
     restarts tracked the exact-negative fit.
 
     The returned points are exact model samples only in the limit of many steps per change of
-    θ (the usual PCD approximation); ``last_info`` reports what each call saw:
+    θ (the usual PCD approximation); ``last_info`` (a :class:`NegativesInfo`) reports what each
+    call saw:
     ``acceptance_rate``, ``step_size``, ``divergences``, ``mean_jump`` (mean distance moved by
     a chain during the call), ``n_reinit`` and ``restart_acceptance``.
 
@@ -363,7 +404,7 @@ class PersistentChains:
         self.kernel_kwargs = kernel_kwargs
         self.buffer: torch.Tensor | None = None
         self.n_calls = 0
-        self.last_info: dict[str, Any] = {}
+        self.last_info = NegativesInfo()
 
     def reset(self) -> None:
         """Forget the chains (the next call re-initialises the buffer from the base)."""
@@ -426,7 +467,7 @@ class PersistentChains:
         )
         self.buffer[idx] = state.position
         self.n_calls += 1
-        self.last_info = {"kernel": self.kernel_name, **stats, "n_reinit": n_re}
+        self.last_info = stats._replace(kernel=self.kernel_name, n_reinit=n_re)
         logw = torch.full(
             (self.n_chains,), -math.log(self.n_chains), dtype=torch.float64, device=dev
         )
@@ -498,7 +539,7 @@ class ShortRunChains:
         self.step = _StepSize(step_size, target, adapt_window, max_step)
         self.inverse_mass = inverse_mass
         self.kernel_kwargs = kernel_kwargs
-        self.last_info: dict[str, Any] = {}
+        self.last_info = NegativesInfo()
 
     def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
@@ -519,7 +560,7 @@ class ShortRunChains:
             self.inverse_mass,
             self.kernel_kwargs,
         )
-        self.last_info = {"kernel": self.kernel_name, **stats}
+        self.last_info = stats._replace(kernel=self.kernel_name)
         logw = torch.full(
             (self.n_chains,), -math.log(self.n_chains), dtype=torch.float64, device=dev
         )

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .._rng import spawn_generators
-from .negatives import Negatives
+from .negatives import Negatives, NegativesInfo
 from .parallel import ParallelContext, partition_range
 
 __all__ = ["ShardedNegatives", "load_negatives_state", "negatives_state"]
@@ -73,8 +73,9 @@ class ShardedNegatives:
             self.generator = None
 
     @property
-    def last_info(self) -> dict:
-        return getattr(self.strategy, "last_info", None) or {}
+    def last_info(self) -> NegativesInfo | None:
+        """The local strategy's diagnostics of its last call (None if it keeps none)."""
+        return getattr(self.strategy, "last_info", None)
 
     def reset(self) -> None:
         if hasattr(self.strategy, "reset"):
