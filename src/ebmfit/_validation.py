@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import torch
 
@@ -22,15 +23,15 @@ MIN_VAL_ROWS = 1
 LOG_PARTITIONS = ("auto", "quadrature", "qmc", "ais", "importance")
 
 
-def _is_int(v) -> bool:
+def _is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _is_real(v) -> bool:
+def _is_real(v: object) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def check_positive_int(name: str, v, *, minimum: int = 1, allow_none: bool = False) -> None:
+def check_positive_int(name: str, v: object, *, minimum: int = 1, allow_none: bool = False) -> None:
     """``v`` is an integer >= ``minimum`` (or None when ``allow_none``)."""
     if v is None and allow_none:
         return
@@ -40,13 +41,13 @@ def check_positive_int(name: str, v, *, minimum: int = 1, allow_none: bool = Fal
         raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
 
 
-def check_n_samples(n) -> int:
+def check_n_samples(n: object) -> int:
     """``n_samples`` of ``sample``: an integer >= 1 (2.7 is refused, not truncated)."""
     check_positive_int("n_samples", n)
     return int(n)
 
 
-def resolve_device(device) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
     """The torch device for ``device`` (None: CUDA when available, else CPU), refusing a
     device that this machine does not have."""
     if device is None:
@@ -71,7 +72,7 @@ def resolve_device(device) -> torch.device:
     return dev
 
 
-def check_params(est, n_rows: int) -> None:
+def check_params(est: Any, n_rows: int) -> None:
     """Validate the parameters of an ``EnergyDensity`` about to be fitted to ``n_rows`` rows."""
     check_positive_int("max_iter", getattr(est, "max_iter", None), allow_none=True)
     m = getattr(est, "margin", 0.0)

@@ -16,6 +16,7 @@ import math
 import warnings
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import special
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.mixture import GaussianMixture
@@ -23,13 +24,15 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.neighbors import KernelDensity
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from ._rng import RandomState
+
 __all__ = ["LogitGMM", "ReflectedKDE"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _AUGMENT_MAX_POINTS = 500_000  # 3^d * n above this: use the factorized (product) evaluation
 
 
-def _check_in_cube(X, *, open_: bool, name: str = "X") -> np.ndarray:
+def _check_in_cube(X: ArrayLike, *, open_: bool, name: str = "X") -> np.ndarray:
     X = check_array(X, dtype=np.float64, ensure_2d=True)
     bad = (X <= 0) | (X >= 1) if open_ else (X < 0) | (X > 1)
     if bad.any():
@@ -113,7 +116,7 @@ class ReflectedKDE(DensityMixin, BaseEstimator):
         self,
         bandwidth: float | str = "cv",
         *,
-        bandwidths=None,
+        bandwidths: ArrayLike | None = None,
         cv: int = 5,
         normalize: bool = True,
         method: str = "auto",
@@ -129,7 +132,7 @@ class ReflectedKDE(DensityMixin, BaseEstimator):
         self.random_state = random_state
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None) -> ReflectedKDE:
+    def fit(self, X: ArrayLike, y: object = None) -> ReflectedKDE:
         X = _check_in_cube(X, open_=False)
         if self.method not in ("auto", "augment", "product"):
             raise ValueError(f"method must be 'auto', 'augment' or 'product', got {self.method!r}")
@@ -144,7 +147,7 @@ class ReflectedKDE(DensityMixin, BaseEstimator):
         self._fit_fixed(X, h)
         return self
 
-    def default_bandwidths(self, X) -> np.ndarray:
+    def default_bandwidths(self, X: ArrayLike) -> np.ndarray:
         """The default candidate grid for ``X`` (see the class docstring)."""
         X = np.asarray(X, dtype=np.float64)
         n, d = X.shape
@@ -198,7 +201,7 @@ class ReflectedKDE(DensityMixin, BaseEstimator):
             )
 
     # ------------------------------------------------------------------ evaluate
-    def score_samples(self, X) -> np.ndarray:
+    def score_samples(self, X: ArrayLike) -> np.ndarray:
         """Log-density of each row of ``X`` (shape (n, d)) on the cube; ``-inf`` outside it."""
         check_is_fitted(self, "bandwidth_")
         X = check_array(X, dtype=np.float64)
@@ -228,11 +231,11 @@ class ReflectedKDE(DensityMixin, BaseEstimator):
             out[s : s + chunk] = special.logsumexp(log_k, axis=1)
         return out - math.log(n) - d * (math.log(h) + _LOG_SQRT_2PI)
 
-    def score(self, X, y=None) -> float:
+    def score(self, X: ArrayLike, y: object = None) -> float:
         """Mean log-likelihood per row (used by ``GridSearchCV``)."""
         return float(np.mean(self.score_samples(X)))
 
-    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
+    def sample(self, n_samples: int = 1, random_state: RandomState = None) -> np.ndarray:
         r"""Exact draws from the normalized estimator, shape (n_samples, d).
 
         Pick a data point uniformly, add :math:`\mathcal N(0, h^2 I)`, reject unless every
@@ -300,7 +303,7 @@ class LogitGMM(DensityMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def fit(self, X, y=None) -> LogitGMM:
+    def fit(self, X: ArrayLike, y: object = None) -> LogitGMM:
         U = _check_in_cube(X, open_=True)
         Z = special.logit(U)
         k_max = min(int(self.max_components), U.shape[0])
@@ -324,7 +327,7 @@ class LogitGMM(DensityMixin, BaseEstimator):
         self.n_features_in_ = U.shape[1]
         return self
 
-    def score_samples(self, X) -> np.ndarray:
+    def score_samples(self, X: ArrayLike) -> np.ndarray:
         """Log-density of each row of ``X`` (shape (n, d)) on the cube; ``-inf`` off (0,1)^d."""
         check_is_fitted(self, "gmm_")
         U = check_array(X, dtype=np.float64)
@@ -338,11 +341,11 @@ class LogitGMM(DensityMixin, BaseEstimator):
             out[inside] = self.gmm_.score_samples(special.logit(Ui)) + log_jac
         return out
 
-    def score(self, X, y=None) -> float:
+    def score(self, X: ArrayLike, y: object = None) -> float:
         """Mean log-likelihood per row."""
         return float(np.mean(self.score_samples(X)))
 
-    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
+    def sample(self, n_samples: int = 1, random_state: RandomState = None) -> np.ndarray:
         """Exact draws ``expit(Z)``, ``Z ~ gmm_``, shape (n_samples, d), kept inside (0,1)^d.
 
         ``random_state``: int, Generator or None (None: the estimator's ``random_state``).

@@ -50,7 +50,7 @@ def _tmp_prefix(path: Path) -> str:
     return path.name + "."
 
 
-def save_checkpoint(payload: dict[str, Any], path) -> None:
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``payload`` (tensors and plain containers) to ``path`` atomically.
 
     The format tag and version are added.  Tensors are moved to the CPU so the file loads on a
@@ -74,7 +74,9 @@ def save_checkpoint(payload: dict[str, Any], path) -> None:
     _fsync_dir(path.parent)
 
 
-def load_checkpoint(path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; raises :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
@@ -95,7 +97,7 @@ def load_checkpoint(path, map_location: str | torch.device = "cpu") -> dict[str,
     return doc
 
 
-def remove_stale_temporaries(path) -> list[Path]:
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Delete temporary files a killed writer left next to ``path``; returns what was removed.
 
     Call it only from the single process that writes ``path``.
@@ -171,7 +173,7 @@ class RunCheckpoint:
         save_checkpoint({"sections": self.sections}, self.path)
 
 
-def _to_cpu(obj):
+def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):

@@ -15,8 +15,9 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -26,6 +27,7 @@ from typer.core import TyperGroup
 from .domain import DataError
 
 if TYPE_CHECKING:
+    from .estimator import EnergyDensity
     from .model import SampleInfo
 
 try:  # typer >= 0.25 vendors click as typer._click; older versions use click itself
@@ -66,7 +68,14 @@ def _describe(e: BaseException) -> str:
 class _OneLineErrors(TyperGroup):
     """Click group whose every failure is one ``error:`` line on stderr and exit code 2."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -101,7 +110,7 @@ def _fail(msg: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _write(path: Path, write, *args, **kwargs) -> None:
+def _write(path: Path, write: Callable[..., object], *args: Any, **kwargs: Any) -> None:
     """Run ``write(*args, **kwargs)``, turning an OS error (no folder, no permission) into an error
     message and exit code 2."""
     try:
@@ -121,7 +130,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def check_output_path(
     out: Path | None,
-    inputs=(),
+    inputs: Sequence[Path] = (),
     *,
     what: str,
     text: bool,
@@ -171,7 +180,7 @@ def _check_folder(out: Path, what: str) -> Path:
     return out
 
 
-def _parse_bounds(s: str | None, d: int, name: str):
+def _parse_bounds(s: str | None, d: int, name: str) -> list[float] | None:
     if s is None:
         return None
     try:
@@ -187,12 +196,12 @@ def _parse_bounds(s: str | None, d: int, name: str):
     return v
 
 
-def _model_names(est) -> list[str] | None:
+def _model_names(est: EnergyDensity) -> list[str] | None:
     names = getattr(est, "feature_names_in_", None)
     return None if names is None else [str(n) for n in names]
 
 
-def _read_points(data: Path, est, header: bool | None) -> np.ndarray:
+def _read_points(data: Path, est: EnergyDensity, header: bool | None) -> np.ndarray:
     """Read a CSV of points for ``est``: columns matched by name when both sides have names."""
     from .csvio import align_columns, read_csv
 
@@ -224,7 +233,7 @@ def demo(
     out: Path = typer.Option(Path("ebmfit-demo"), "--out", "-o", help="output folder"),
     energy: str = typer.Option("auto", help="energy family"),
     seed: int = typer.Option(0, min=0, max=SEED_MAX, help="random seed"),
-):
+) -> None:
     """Fit a built-in 2-D target; print test NLL, log Z ± error and KL to the truth; write a PNG."""
     from .datasets import TARGETS, load_target
     from .estimator import EnergyDensity
@@ -282,7 +291,7 @@ def fit(
     ),
     resume: bool = typer.Option(False, help="continue from --checkpoint if it exists"),
     header: bool = typer.Option(None, "--header/--no-header", help=_HEADER_HELP),
-):
+) -> None:
     """Fit a density to a CSV file and save it (see docs/distributed.md for --nproc/torchrun)."""
     from .checkpoint import RunCheckpoint
     from .csvio import read_csv
@@ -335,7 +344,7 @@ def fit(
     typer.echo(f"wrote {output}")
 
 
-def _load(model: Path):
+def _load(model: Path) -> EnergyDensity:
     from .estimator import EnergyDensity
 
     return EnergyDensity.load(model)  # a ModelFileError becomes one error line
@@ -349,7 +358,7 @@ def score(
         None, "--output", "-o", help="write the scores here as CSV ('-': standard output)"
     ),
     header: bool = typer.Option(None, "--header/--no-header", help=_HEADER_HELP),
-):
+) -> None:
     """Print (or write) one normalized log-density per row, in the order of the rows.
 
     Columns are matched to the model's by name when the CSV has a header and the model was
@@ -405,7 +414,7 @@ def sample(
         None, "--output", "-o", help="CSV file to write ('-' or none: standard output)"
     ),
     seed: int = typer.Option(0, min=0, max=SEED_MAX, help="random seed"),
-):
+) -> None:
     from .csvio import write_csv
 
     if n < 1:
@@ -434,7 +443,7 @@ def plot(
     ),
     data: Path = typer.Option(None, help="CSV of points to overlay"),
     header: bool = typer.Option(None, "--header/--no-header", help=_HEADER_HELP),
-):
+) -> None:
     """Density heatmap (+ data) in 2-D, a curve in 1-D, a corner plot for d > 2."""
     from .plotting import plot_density
 
@@ -449,7 +458,7 @@ def plot(
 
 
 @app.command()
-def info(model: Path = typer.Argument(..., help="model file")):
+def info(model: Path = typer.Argument(..., help="model file")) -> None:
     """Describe a model file."""
     est = _load(model)
     m = est.model_
@@ -478,7 +487,7 @@ def certify(
     json_out: Path = typer.Option(
         None, "--json", help="also write the certificate as JSON ('-': only JSON, to stdout)"
     ),
-):
+) -> None:
     """Certified upper bound on KL(A‖B) and KL(B‖A): min(osc, osc²/8), osc = osc(V_B − V_A)."""
     from .certify import kl_bound
     from .io import load_model
@@ -505,7 +514,7 @@ def study(
     name: str = typer.Argument(..., help="identity | approximation | zeros | errata"),
     out: Path = typer.Option(Path("."), "--out", "-o", help="folder for NAME.md and NAME.png"),
     quick: bool = typer.Option(False, "--quick", help="reduced size (seconds instead of minutes)"),
-):
+) -> None:
     """Run one of the seed's theorems as a study; write a Markdown report and a PNG."""
     from .studies import STUDIES, run_study
 

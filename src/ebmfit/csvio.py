@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -43,7 +45,7 @@ def _read_text(path: Path) -> str:
 
 
 def read_csv(
-    path,
+    path: str | os.PathLike,
     delimiter: str | None = None,
     *,
     header: bool | None = None,
@@ -147,7 +149,9 @@ def align_columns(
     return X[:, [header.index(n) for n in names]]
 
 
-def write_csv(path, X: np.ndarray, header: list[str] | None = None) -> None:
+def write_csv(
+    path: str | os.PathLike | TextIO, X: np.ndarray, header: list[str] | None = None
+) -> None:
     """Write a 2-D array (or a 1-D one as a single column) as CSV with full float precision.
 
     ``path`` may be ``"-"`` (standard output) or an open text file.
@@ -168,7 +172,7 @@ def write_csv(path, X: np.ndarray, header: list[str] | None = None) -> None:
             _write_rows(f, X, header)
 
 
-def _write_rows(f, X: np.ndarray, header) -> None:
+def _write_rows(f: TextIO, X: np.ndarray, header: list[str] | None) -> None:
     w = csv.writer(f, lineterminator="\n")
     if header:
         w.writerow(header)

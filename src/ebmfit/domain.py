@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 __all__ = ["Box", "DataError", "reflect_unit"]
 
@@ -97,7 +98,7 @@ class Box:
         return cls(d["low"], d["high"])
 
     # ------------------------------------------------------------------ maps
-    def to_unit(self, x):
+    def to_unit(self, x: ArrayLike | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Map points of the box (shape (n, d)) to the unit cube; numpy or torch in, same out."""
         if isinstance(x, torch.Tensor):
             lo = torch.as_tensor(self.low, dtype=x.dtype, device=x.device)
@@ -105,7 +106,7 @@ class Box:
             return (x - lo) / w
         return (np.asarray(x, dtype=np.float64) - np.asarray(self.low)) / self.width
 
-    def from_unit(self, u):
+    def from_unit(self, u: ArrayLike | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Map points of the unit cube (shape (n, d)) to the box; numpy or torch in, same out."""
         if isinstance(u, torch.Tensor):
             lo = torch.as_tensor(self.low, dtype=u.dtype, device=u.device)
@@ -114,7 +115,9 @@ class Box:
         return np.asarray(self.low) + self.width * np.asarray(u, dtype=np.float64)
 
     # ------------------------------------------------------------------ validation
-    def validate(self, X, *, clip: bool = False, min_rows: int = 1, name: str = "X") -> np.ndarray:
+    def validate(
+        self, X: ArrayLike, *, clip: bool = False, min_rows: int = 1, name: str = "X"
+    ) -> np.ndarray:
         """Check a data matrix against the box and return it as float64 of shape (n, d).
 
         Raises :class:`DataError` naming the offending rows / columns for: wrong number of
@@ -138,7 +141,7 @@ class Box:
 
 
 def check_matrix(
-    X, *, name: str = "X", n_features: int | None = None, min_rows: int = 1
+    X: ArrayLike, *, name: str = "X", n_features: int | None = None, min_rows: int = 1
 ) -> np.ndarray:
     """Validate a 2-D numeric array: shape, enough rows, all values finite. Returns float64."""
     try:

@@ -107,7 +107,7 @@ def checksum(header: dict, tensors: dict[str, torch.Tensor]) -> str:
 
 
 # --------------------------------------------------------------------------- save
-def save_model(model: EnergyModel, path, extra: dict | None = None) -> None:
+def save_model(model: EnergyModel, path: str | os.PathLike, extra: dict | None = None) -> None:
     """Write ``model`` to ``path`` atomically."""
     path = Path(path)
     spec = model.energy_fn.spec()  # raises for energies that wrap code
@@ -143,35 +143,42 @@ def save_model(model: EnergyModel, path, extra: dict | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- field checks
-def _is_int(v) -> bool:
+def _is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _is_real(v) -> bool:
+def _is_real(v: object) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _int(d: dict, key: str, lo: int, hi: int, where: str, default=None) -> int:
+def _int(d: dict, key: str, lo: int, hi: int, where: str, default: int | None = None) -> int:
     v = d.get(key, default)
     if not _is_int(v) or not lo <= v <= hi:
         raise ValueError(f"{where}: {key!r} must be an integer in [{lo}, {hi}], got {v!r}")
     return int(v)
 
 
-def _real(d: dict, key: str, where: str, default=None, lo=-math.inf, hi=math.inf) -> float:
+def _real(
+    d: dict,
+    key: str,
+    where: str,
+    default: float | None = None,
+    lo: float = -math.inf,
+    hi: float = math.inf,
+) -> float:
     v = d.get(key, default)
     if not _is_real(v) or not math.isfinite(v) or not lo <= v <= hi:
         raise ValueError(f"{where}: {key!r} must be a finite number in [{lo}, {hi}], got {v!r}")
     return float(v)
 
 
-def _obj(v, where: str) -> dict:
+def _obj(v: object, where: str) -> dict:
     if not isinstance(v, dict):
         raise ValueError(f"{where} must be a JSON object, got {type(v).__name__}")
     return v
 
 
-def _matrix(v, shape: tuple[int, ...], where: str) -> None:
+def _matrix(v: object, shape: tuple[int, ...], where: str) -> None:
     """``v`` is a nested list of finite numbers of exactly ``shape``."""
     if not shape:
         if not _is_real(v) or not math.isfinite(v):
@@ -198,8 +205,10 @@ def _expect_shapes(shapes: Shapes, want: Shapes, where: str) -> None:
 ENERGY_CHECKS: dict[str, Callable[[dict, Shapes], int]] = {}
 
 
-def register_energy_check(family: str):
-    def deco(fn):
+def register_energy_check(
+    family: str,
+) -> Callable[[Callable[[dict, Shapes], int]], Callable[[dict, Shapes], int]]:
+    def deco(fn: Callable[[dict, Shapes], int]) -> Callable[[dict, Shapes], int]:
         ENERGY_CHECKS[family] = fn
         return fn
 
@@ -295,7 +304,7 @@ def _check_defensive(spec: dict, shapes: Shapes) -> int:
     return _check_energy(inner, inner_shapes)
 
 
-def _check_energy(spec, shapes: Shapes) -> int:
+def _check_energy(spec: object, shapes: Shapes) -> int:
     spec = _obj(spec, "energy spec")
     fam = spec.get("family")
     check = ENERGY_CHECKS.get(fam) if isinstance(fam, str) else None
@@ -314,8 +323,10 @@ def _check_energy(spec, shapes: Shapes) -> int:
 BASE_CHECKS: dict[str, Callable[[dict, int, Shapes], None]] = {}
 
 
-def register_base_check(kind: str):
-    def deco(fn):
+def register_base_check(
+    kind: str,
+) -> Callable[[Callable[[dict, int, Shapes], None]], Callable[[dict, int, Shapes], None]]:
+    def deco(fn: Callable[[dict, int, Shapes], None]) -> Callable[[dict, int, Shapes], None]:
         BASE_CHECKS[kind] = fn
         return fn
 
@@ -387,7 +398,7 @@ def _check_flow(spec: dict, dim: int, shapes: Shapes) -> None:
     # the flow's own tensors are checked against the architecture when it is rebuilt
 
 
-def _check_base(spec, dim: int, shapes: Shapes) -> None:
+def _check_base(spec: object, dim: int, shapes: Shapes) -> None:
     spec = _obj(spec, "base measure")
     kind = spec.get("kind")
     check = BASE_CHECKS.get(kind) if isinstance(kind, str) else None
@@ -419,7 +430,7 @@ def _json_depth(text: str) -> int:
     return best
 
 
-def _check_domain(spec, dim: int) -> None:
+def _check_domain(spec: object, dim: int) -> None:
     spec = _obj(spec, "domain")
     for key in ("low", "high"):
         v = spec.get(key)
@@ -432,7 +443,7 @@ def _check_domain(spec, dim: int) -> None:
         raise ValueError(f"domain: high <= low in column(s) {bad[:10]}")
 
 
-def _check_log_partition(lz) -> None:
+def _check_log_partition(lz: object) -> None:
     if lz is None:
         return
     lz = _obj(lz, "log_partition")
@@ -448,7 +459,7 @@ def _check_log_partition(lz) -> None:
         raise ValueError(f"{where}: 'bias' must be 'none', 'lower' or 'upper'")
 
 
-def _check_extra(extra, dim: int) -> None:
+def _check_extra(extra: object, dim: int) -> None:
     extra = _obj(extra, "extra")
     where = "extra"
     if "n_features_in" in extra and _int(extra, "n_features_in", 1, MAX_DIM, where) != dim:
@@ -473,7 +484,7 @@ def _check_extra(extra, dim: int) -> None:
             raise ValueError(f"{where}: duplicate feature names")
 
 
-def _spec_dim(spec: dict):
+def _spec_dim(spec: dict) -> object:
     """The dimension of an energy spec (a wrapper such as 'residual' holds it in 'inner')."""
     while isinstance(spec, dict) and "dim" not in spec and isinstance(spec.get("inner"), dict):
         spec = spec["inner"]
@@ -517,7 +528,9 @@ def _read_index(path: Path) -> tuple[dict, Shapes, dict]:
     return meta, shapes, dtypes
 
 
-def load_model_with_extra(path, device=None) -> tuple[EnergyModel, dict]:
+def load_model_with_extra(
+    path: str | os.PathLike, device: str | torch.device | None = None
+) -> tuple[EnergyModel, dict]:
     """Read a model file; returns the model and the extras dict (see the module docstring for
     what is checked, and in which order)."""
     path = Path(path)
@@ -611,6 +624,6 @@ def load_model_with_extra(path, device=None) -> tuple[EnergyModel, dict]:
     return model, extra
 
 
-def load_model(path, device=None) -> EnergyModel:
+def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> EnergyModel:
     """Read a model file written by :func:`save_model`."""
     return load_model_with_extra(path, device)[0]

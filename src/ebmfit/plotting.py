@@ -10,6 +10,9 @@ labelled by the column names.  Memory is bounded in d: a corner plot samples the
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 import matplotlib
 
 matplotlib.use("Agg", force=False)
@@ -19,10 +22,17 @@ import torch
 
 from .model import EnergyModel
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from numpy.typing import ArrayLike
+
 __all__ = ["plot_density", "plot_density_comparison"]
 
 
-def _grid2d(model: EnergyModel, res: int, dims=(0, 1)):
+def _grid2d(
+    model: EnergyModel, res: int, dims: tuple[int, int] = (0, 1)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lo, hi = np.asarray(model.domain.low), np.asarray(model.domain.high)
     g0 = np.linspace(lo[dims[0]], hi[dims[0]], res)
     g1 = np.linspace(lo[dims[1]], hi[dims[1]], res)
@@ -30,14 +40,14 @@ def _grid2d(model: EnergyModel, res: int, dims=(0, 1)):
     return g0, g1, np.c_[G0.ravel(), G1.ravel()]
 
 
-def _square(ax, lo, hi, i: int, j: int) -> None:
+def _square(ax: Axes, lo: np.ndarray, hi: np.ndarray, i: int, j: int) -> None:
     """A square panel spanning the box's sides i (x) and j (y) in their own units."""
     ax.set_xlim(lo[i], hi[i])
     ax.set_ylim(lo[j], hi[j])
     ax.set_box_aspect(1)
 
 
-def _names(feature_names, d: int) -> list[str]:
+def _names(feature_names: Sequence[object] | None, d: int) -> list[str]:
     if feature_names is None:
         return [f"x{i}" for i in range(d)]
     names = [str(n) for n in feature_names]
@@ -46,7 +56,7 @@ def _names(feature_names, d: int) -> list[str]:
     return names
 
 
-def _check_data(data, d: int):
+def _check_data(data: ArrayLike | None, d: int) -> np.ndarray | None:
     if data is None:
         return None
     data = np.asarray(data, dtype=np.float64)
@@ -65,7 +75,7 @@ def plot_density(
     title: str | None = None,
     feature_names: list[str] | None = None,
     max_dims: int = 5,
-):
+) -> Figure:
     """The model's density with the data on top.
 
     d = 1: the density curve over a histogram of the data.  d = 2: a heatmap of the density
@@ -111,7 +121,16 @@ def plot_density(
     return fig
 
 
-def _corner(model, data, names, lo, hi, n_samples: int, seed: int, max_dims: int):
+def _corner(
+    model: EnergyModel,
+    data: np.ndarray | None,
+    names: list[str],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    n_samples: int,
+    seed: int,
+    max_dims: int,
+) -> Figure:
     d = model.dim
     k = max(2, min(d, int(max_dims)))
     S = model.sample(n_samples, generator=torch.Generator().manual_seed(seed))
@@ -164,12 +183,12 @@ def _corner(model, data, names, lo, hi, n_samples: int, seed: int, max_dims: int
 
 def plot_density_comparison(
     model: EnergyModel,
-    true_log_prob,
+    true_log_prob: Callable[[np.ndarray], np.ndarray],
     data: np.ndarray | None = None,
     *,
     res: int = 200,
     title: str = "",
-):
+) -> Figure:
     """Side by side: the true density, the model density and the data (2-D), square panels."""
     if model.dim != 2:
         raise ValueError("plot_density_comparison is for 2-D models")

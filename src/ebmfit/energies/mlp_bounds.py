@@ -75,7 +75,7 @@ def _dsilu(x: torch.Tensor) -> torch.Tensor:
     return s * (1 + x * (1 - s))
 
 
-def _dsilu_range(a: torch.Tensor, b: torch.Tensor):
+def _dsilu_range(a: torch.Tensor, b: torch.Tensor) -> Interval:
     """Exact range of SiLU′ over [a, b]: it decreases to its minimum at −x*, increases to its
     maximum at x* (x* ≈ 2.3994) and decreases after."""
     fa, fb = _dsilu(a), _dsilu(b)
@@ -112,7 +112,9 @@ def _mlp_parts(e: nn.Module, dtype: torch.dtype | None = None) -> _MLPParts:
     return _MLPParts(B, affine, e.freqs.dtype if dtype is None else dtype)
 
 
-def _features(B, lo, hi):
+def _features(
+    B: torch.Tensor | None, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Interval enclosure of the encoding [u, cos 2πBu, sin 2πBu] over boxes, plus z's centre
     and radius (for the Jacobian rule)."""
     if B is None:
@@ -126,7 +128,9 @@ def _features(B, lo, hi):
     return torch.cat([lo, cl, sl], -1), torch.cat([hi, ch, sh], -1), zc, zr
 
 
-def _affine_interval(W, b, L, H):
+def _affine_interval(
+    W: torch.Tensor, b: torch.Tensor, L: torch.Tensor, H: torch.Tensor
+) -> Interval:
     c, r = mid_rad(L, H)
     yc = c @ W.T + b
     yr = r @ W.abs().T
@@ -141,7 +145,7 @@ class _Trace(NamedTuple):
     zr: torch.Tensor | None
 
 
-def _mlp_trace(p: _MLPParts, lo, hi) -> _Trace:
+def _mlp_trace(p: _MLPParts, lo: torch.Tensor, hi: torch.Tensor) -> _Trace:
     L, H, zc, zr = _features(p.freqs, lo, hi)
     ins, pre = [], []
     for k, (W, b) in enumerate(p.affine):
@@ -153,7 +157,7 @@ def _mlp_trace(p: _MLPParts, lo, hi) -> _Trace:
     return _Trace(ins, pre, zc, zr)
 
 
-def _mlp_fp_error(p: _MLPParts, t: _Trace, lo, hi) -> torch.Tensor:
+def _mlp_fp_error(p: _MLPParts, t: _Trace, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     r"""Bound on |computed V − exact V| for the network evaluated in ``p.dtype``, per box.
 
     Standard forward error analysis: a dot product of n terms plus a bias has error at most
@@ -183,7 +187,7 @@ def _mlp_fp_error(p: _MLPParts, t: _Trace, lo, hi) -> torch.Tensor:
     return E.squeeze(-1)
 
 
-def _mlp_value_bounds(p: _MLPParts, lo, hi):
+def _mlp_value_bounds(p: _MLPParts, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
     L, H = _mlp_trace(p, lo, hi).pre[-1]
     return L.squeeze(-1), H.squeeze(-1)
 
@@ -193,7 +197,14 @@ class _JacTrace(NamedTuple):
     pre: list[tuple[torch.Tensor, torch.Tensor]]  # Jacobian of its output (m, n_out, d)
 
 
-def _feature_jacobian(B, zc, zr, m, d, device):
+def _feature_jacobian(
+    B: torch.Tensor | None,
+    zc: torch.Tensor | None,
+    zr: torch.Tensor | None,
+    m: int,
+    d: int,
+    device: torch.device,
+) -> Interval:
     eye = torch.eye(d, dtype=F64, device=device).expand(m, d, d)
     if B is None:
         return eye, eye
@@ -205,7 +216,7 @@ def _feature_jacobian(B, zc, zr, m, d, device):
     return torch.cat([eye, al, bl], 1), torch.cat([eye, ah, bh], 1)
 
 
-def _jac_affine(W, JL, JH):
+def _jac_affine(W: torch.Tensor, JL: torch.Tensor, JH: torch.Tensor) -> Interval:
     Jc, Jr = mid_rad(JL, JH)
     c = torch.einsum("mjd,kj->mkd", Jc, W)
     r = torch.einsum("mjd,kj->mkd", Jr, W.abs())
@@ -213,7 +224,7 @@ def _jac_affine(W, JL, JH):
     return c - r, c + r
 
 
-def _mlp_jac_trace(p: _MLPParts, t: _Trace, lo, hi) -> _JacTrace:
+def _mlp_jac_trace(p: _MLPParts, t: _Trace, lo: torch.Tensor, hi: torch.Tensor) -> _JacTrace:
     """Forward-mode interval Jacobians of every layer over boxes."""
     m, d = lo.shape
     JL, JH = _feature_jacobian(p.freqs, t.zc, t.zr, m, d, lo.device)
@@ -229,7 +240,7 @@ def _mlp_jac_trace(p: _MLPParts, t: _Trace, lo, hi) -> _JacTrace:
     return _JacTrace(ins, pre)
 
 
-def _mlp_gradient_bounds(p: _MLPParts, lo, hi):
+def _mlp_gradient_bounds(p: _MLPParts, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
     """Interval enclosure of the MLP's gradient over boxes, shape (m, d) each side."""
     t = _mlp_trace(p, lo, hi)
     JL, JH = _mlp_jac_trace(p, t, lo, hi).pre[-1]
@@ -238,11 +249,13 @@ def _mlp_gradient_bounds(p: _MLPParts, lo, hi):
     return JL - slack, JH + slack
 
 
-def _intersect(a, b):
+def _intersect(a: Interval, b: Interval) -> Interval:
     return torch.maximum(a[0], b[0]), torch.minimum(a[1], b[1])
 
 
-def _mlp_pair_intervals(pa: _MLPParts, pb: _MLPParts, lo, hi):
+def _mlp_pair_intervals(
+    pa: _MLPParts, pb: _MLPParts, lo: torch.Tensor, hi: torch.Tensor
+) -> Interval:
     r"""Interval enclosure of :math:`V_b - V_a` over boxes, propagating the layer differences:
     :math:`W_b x_b - W_a x_a = W_b\,\delta + \Delta W\,x_a = W_a\,\delta + \Delta W\,x_b` and
     :math:`\sigma(y_b) - \sigma(y_a) = \sigma'(\xi)(y_b - y_a)` (exact range of σ′ on the hull),
@@ -298,9 +311,11 @@ class _TM(NamedTuple):
 _S3 = 0.3082  # sup |silu'''| = 0.308181515796...
 _S4 = 0.5 + 1e-9  # sup |silu''''| = 1/2 (at 0)
 _PAIRS: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+#: (linear radius, quadratic radius, total radius) of a Taylor model, each (m, n).
+_Radii = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _pairs(d: int):
+def _pairs(d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row/column indices of the packed upper triangle and the weights ½ (diagonal) / 1 (off)."""
     if d not in _PAIRS:
         iu, ju = torch.triu_indices(d, d)
@@ -308,13 +323,13 @@ def _pairs(d: int):
     return _PAIRS[d]
 
 
-def _rr(r):
+def _rr(r: torch.Tensor) -> torch.Tensor:
     """Weights of |H| in the quadratic radius: c_p r_i r_j, shape (m, P)."""
     iu, ju, cw = _pairs(r.shape[1])
     return r[:, iu] * r[:, ju] * cw
 
 
-def _tm_parts(tm: _TM, r, rrw):
+def _tm_parts(tm: _TM, r: torch.Tensor, rrw: torch.Tensor) -> _Radii:
     """(linear radius, quadratic radius, total radius) of a Taylor model over its boxes."""
     lin = torch.einsum("mdn,md->mn", tm.a.abs(), r)
     quad = torch.einsum("mpn,mp->mn", tm.H.abs(), rrw)
@@ -325,7 +340,7 @@ def _mm(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return (x.reshape(-1, x.shape[-1]) @ W.T).reshape(*x.shape[:-1], W.shape[0])
 
 
-def _tm_affine(W, b, x: _TM, rho) -> _TM:
+def _tm_affine(W: torch.Tensor, b: torch.Tensor | None, x: _TM, rho: torch.Tensor) -> _TM:
     """W x + b; ``rho`` is x's total radius (for the round-off allowance)."""
     Wa = W.abs()
     v0 = x.v0 @ W.T
@@ -335,7 +350,7 @@ def _tm_affine(W, b, x: _TM, rho) -> _TM:
     return _TM(v0, _mm(x.a, W), _mm(x.H, W), x.e @ Wa.T + tol)
 
 
-def _tm_features(B, c, r) -> _TM:
+def _tm_features(B: torch.Tensor | None, c: torch.Tensor, r: torch.Tensor) -> _TM:
     r"""[u, cos 2πBu, sin 2πBu]: with z = z0 + g·t exactly linear,
     :math:`\cos(z_0+\Delta) = \cos z_0 - \sin z_0\,\Delta - \tfrac12\cos z_0\,\Delta^2 + R`,
     :math:`|R| \le |\Delta|^3/6`."""
@@ -358,14 +373,14 @@ def _tm_features(B, c, r) -> _TM:
     return _TM(v0, a, H, e)
 
 
-def _sig_derivs(x):
+def _sig_derivs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     s = torch.sigmoid(x)
     s1 = s * (1 + x * (1 - s))
     s2 = s * (1 - s) * (2 + x * (1 - 2 * s))
     return x * s, s1, s2
 
 
-def _tm_silu(y: _TM, parts) -> _TM:
+def _tm_silu(y: _TM, parts: _Radii) -> _TM:
     r""":math:`\sigma(y_0+\Delta) = \sigma + \sigma'\Delta + \tfrac12\sigma''\Delta^2 + R_3`,
     :math:`|R_3| \le \sup|\sigma'''|\,\rho^3/6`; the part of :math:`\Delta^2` beyond
     :math:`(a\cdot t)^2` goes to the remainder."""
@@ -386,7 +401,7 @@ def _tm_silu(y: _TM, parts) -> _TM:
     return _TM(s0, a, H, e)
 
 
-def _tm_silu_diff(y: _TM, dl: _TM, py, pd) -> _TM:
+def _tm_silu_diff(y: _TM, dl: _TM, py: _Radii, pd: _Radii) -> _TM:
     r"""Taylor model of :math:`f(y, \delta) = \sigma(y + \delta) - \sigma(y)` (the difference of
     the two networks after a SiLU) from those of y (net A) and δ.
 
@@ -431,7 +446,9 @@ def _tm_silu_diff(y: _TM, dl: _TM, py, pd) -> _TM:
     return _TM(s0b - s0a, a, H, e + tol)
 
 
-def _mlp_taylor(pa: _MLPParts, lo, hi, pb: _MLPParts | None = None):
+def _mlp_taylor(
+    pa: _MLPParts, lo: torch.Tensor, hi: torch.Tensor, pb: _MLPParts | None = None
+) -> tuple[_TM, _TM | None]:
     """Taylor model of V_a over boxes, and of V_b − V_a when ``pb`` is given (same architecture).
 
     Returns ``(tm_a, tm_delta)`` at the output (n = 1); ``tm_delta`` is None without ``pb``.
@@ -467,7 +484,7 @@ def _mlp_taylor(pa: _MLPParts, lo, hi, pb: _MLPParts | None = None):
     return x, dl
 
 
-def _tm_range(tm: _TM, lo, hi):
+def _tm_range(tm: _TM, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
     """Enclosure of a scalar Taylor model (n = 1) over its boxes, shape (m,) each side."""
     r = (hi - lo) / 2
     iu, ju, _ = _pairs(r.shape[1])
@@ -482,7 +499,9 @@ def _tm_range(tm: _TM, lo, hi):
     return v0 - lin + qlo - e - slack, v0 + lin + qhi + e + slack
 
 
-def _tm_first_order(tm: _TM, lo, hi):
+def _tm_first_order(
+    tm: _TM, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(v0, gL, gH, e): V(u) ∈ v0 + g·(u − c) ± e with g in [gL, gH] (the Hessian term as an
     interval on the gradient), for combining with energies of other families."""
     r = (hi - lo) / 2

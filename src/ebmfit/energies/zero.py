@@ -14,7 +14,7 @@ class ZeroEnergy(Energy):
 
     family = "zero"
 
-    def __init__(self, dim: int, dtype=torch.float64):
+    def __init__(self, dim: int, dtype: torch.dtype = torch.float64):
         super().__init__()
         self.dim = int(dim)
         # a buffer carries the device and dtype (no parameters: nothing to train)

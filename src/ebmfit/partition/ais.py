@@ -65,6 +65,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -123,10 +124,14 @@ class AISSandwich(NamedTuple):
         return (lo.value - z * lo.stderr, up.value + z * up.stderr)
 
 
+#: ``(v, grad v, b, grad b)`` at a set of points (b terms None for the uniform base).
+_Start = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
 class _Energies:
     """The model energy V and base energy B = -log p as float64 callables, with a counter."""
 
-    def __init__(self, energy, base: BaseMeasure):
+    def __init__(self, energy: Energy, base: BaseMeasure):
         self.energy = energy
         self.base = base
         self.uniform = isinstance(base, Uniform)
@@ -145,7 +150,7 @@ class _Energies:
             return lambda u: beta * self.V(u)
         return lambda u: beta * self.V(u) + self.B(u)
 
-    def start(self, x: torch.Tensor):
+    def start(self, x: torch.Tensor) -> _Start:
         """``(v, grad v, b, grad b)`` at ``x`` (b terms are None for the uniform base)."""
         v, gv = energy_and_grad(self.V, x)
         b, gb = (None, None) if self.uniform else energy_and_grad(self.B, x)
@@ -153,12 +158,22 @@ class _Energies:
             raise FloatingPointError("energy or its gradient is not finite at a starting point")
         return v, gv, b, gb
 
-    def state(self, x, v, gv, b, gb, beta: float) -> State:
+    def state(
+        self,
+        x: torch.Tensor,
+        v: torch.Tensor,
+        gv: torch.Tensor,
+        b: torch.Tensor | None,
+        gb: torch.Tensor | None,
+        beta: float,
+    ) -> State:
         if self.uniform:
             return State(x, beta * v, beta * gv)
         return State(x, beta * v + b, beta * gv + gb)
 
-    def unpack(self, state: State, beta: float):
+    def unpack(
+        self, state: State, beta: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         r"""Recover :math:`(V, \nabla V, B, \nabla B)` at the state's positions (β > 0)."""
         if self.uniform:
             return state.position, state.energy / beta, state.grad / beta, None, None
@@ -172,7 +187,7 @@ class _Energies:
         )
 
 
-def _kernel(kernel: str):
+def _kernel(kernel: str) -> ModuleType:
     if kernel not in _KERNELS:
         raise ValueError(f"kernel must be one of {sorted(_KERNELS)}, got {kernel!r}")
     return _KERNELS[kernel]
@@ -188,7 +203,7 @@ def _pilot(
     en: _Energies,
     x: torch.Tensor,
     grid: torch.Tensor,
-    kern,
+    kern: ModuleType,
     n_steps: int,
     kw: dict,
     target: float,
@@ -218,7 +233,7 @@ def _make_plan(
     dim: int,
     device: torch.device,
     cfg: AISConfig,
-    kern,
+    kern: ModuleType,
     kw: dict,
     target: float,
     generator: torch.Generator,
@@ -276,7 +291,18 @@ def _make_plan(
     return _Plan(betas, eps, en.n_evals - evals0)
 
 
-def _steps(kern, generator, state, fn, eps, n_steps, kw, acc, div, t):
+def _steps(
+    kern: ModuleType,
+    generator: torch.Generator,
+    state: State,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    eps: float,
+    n_steps: int,
+    kw: dict[str, Any],
+    acc: torch.Tensor,
+    div: torch.Tensor,
+    t: int,
+) -> tuple[State, torch.Tensor]:
     for _ in range(n_steps):
         state, info = kern.step(generator, state, fn, eps, **kw)
         acc[t] += info.acceptance_prob.sum()
@@ -284,7 +310,16 @@ def _steps(kern, generator, state, fn, eps, n_steps, kw, acc, div, t):
     return state, div
 
 
-def _forward_chunk(en, x, plan: _Plan, kern, n_steps, kw, generator, acc):
+def _forward_chunk(
+    en: _Energies,
+    x: torch.Tensor,
+    plan: _Plan,
+    kern: ModuleType,
+    n_steps: int,
+    kw: dict[str, Any],
+    generator: torch.Generator,
+    acc: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     betas = plan.betas.tolist()
     eps = plan.step_sizes.tolist()
     T = len(betas) - 1
@@ -302,7 +337,16 @@ def _forward_chunk(en, x, plan: _Plan, kern, n_steps, kw, generator, acc):
     return lw, state.position, div
 
 
-def _reverse_chunk(en, x, plan: _Plan, kern, n_steps, kw, generator, acc):
+def _reverse_chunk(
+    en: _Energies,
+    x: torch.Tensor,
+    plan: _Plan,
+    kern: ModuleType,
+    n_steps: int,
+    kw: dict[str, Any],
+    generator: torch.Generator,
+    acc: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     betas = plan.betas.tolist()
     eps = plan.step_sizes.tolist()
     T = len(betas) - 1
@@ -322,7 +366,18 @@ def _reverse_chunk(en, x, plan: _Plan, kern, n_steps, kw, generator, acc):
     return lw, x, div
 
 
-def _run(direction, en, starts, plan, kern, n_steps, kw, generator, chunk, evals_before):
+def _run(
+    direction: str,
+    en: _Energies,
+    starts: torch.Tensor,
+    plan: _Plan,
+    kern: ModuleType,
+    n_steps: int,
+    kw: dict[str, Any],
+    generator: torch.Generator,
+    chunk: int,
+    evals_before: int,
+) -> LogZ:
     T = plan.betas.numel() - 1
     dev = starts.device
     acc = torch.zeros(T, dtype=torch.float64, device=dev)
@@ -351,7 +406,9 @@ def _run(direction, en, starts, plan, kern, n_steps, kw, generator, chunk, evals
     return LogZ(-log_mean, se, "ais-reverse", n_evals, "upper", diagnostics)
 
 
-def _setup(energy, base, cfg: AISConfig, generator):
+def _setup(
+    energy: Energy, base: BaseMeasure | None, cfg: AISConfig, generator: torch.Generator
+) -> tuple[_Energies, torch.device, ModuleType, dict[str, Any], float]:
     kernel, n_steps, target_accept = cfg.kernel, cfg.n_steps, cfg.target_accept
     base = base if base is not None else Uniform(energy.dim)
     if base.dim != energy.dim:
@@ -366,7 +423,7 @@ def _setup(energy, base, cfg: AISConfig, generator):
     return _Energies(energy, base), dev, kern, kw, target
 
 
-def _check_samples(samples, dim: int, device) -> torch.Tensor:
+def _check_samples(samples: torch.Tensor | None, dim: int, device: torch.device) -> torch.Tensor:
     if samples is None:
         raise ValueError(
             "reverse AIS needs exact samples from the model (e.g. "

@@ -42,6 +42,7 @@ import warnings
 import torch
 
 from ..base import BaseMeasure, Uniform
+from ..energies.base import Energy
 from ..energies.interval import bisect_boxes
 from ..grid import gauss_legendre_1d, gauss_legendre_cube, tensor_grid, tensor_log_weights
 from .result import LogZ, QuadratureDiagnostics
@@ -73,7 +74,7 @@ def default_resolution(dim: int) -> tuple[int, int]:
 
 
 def grid_log_integrand(
-    energy,
+    energy: Energy,
     base: BaseMeasure,
     axes: list[torch.Tensor],
     weights: list[torch.Tensor],
@@ -93,14 +94,23 @@ def grid_log_integrand(
     return out
 
 
-def _tensor_rule(energy, base, d: int, cells: int, nodes: int) -> tuple[float, int]:
+def _tensor_rule(
+    energy: Energy, base: BaseMeasure, d: int, cells: int, nodes: int
+) -> tuple[float, int]:
     ax, w = gauss_legendre_1d(cells, nodes)
     li = grid_log_integrand(energy, base, [ax] * d, [w] * d)
     return float(torch.logsumexp(li, 0)), li.numel()
 
 
 @torch.no_grad()
-def _boxes_rule(energy, base, lo: torch.Tensor, hi: torch.Tensor, nodes: int, chunk=2**16):
+def _boxes_rule(
+    energy: Energy,
+    base: BaseMeasure,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    nodes: int,
+    chunk: int = 2**16,
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per box, :math:`\log \int_{box} e^{-V} p\,du` by a ``nodes``^d Gauss–Legendre rule,
     and the largest log-integrand :math:`-V + \log p` at its nodes."""
     m, d = lo.shape
@@ -124,14 +134,14 @@ def _boxes_rule(energy, base, lo: torch.Tensor, hi: torch.Tensor, nodes: int, ch
 
 @torch.no_grad()
 def _adaptive_rule(
-    energy,
-    base,
+    energy: Energy,
+    base: BaseMeasure,
     d: int,
     *,
     rtol: float = 1e-4,
     hidden_tol: float = 1e-2,
     max_boxes: int | None = None,
-):
+) -> tuple[float, float, bool, int, int]:
     r"""Adaptive Gauss–Legendre on a box partition of the cube: ``(log Z, error in nats,
     converged, number of boxes still suspect, n_evals)``.
 
@@ -151,7 +161,9 @@ def _adaptive_rule(
     dt = energy.param_dtype()
     bounds = isinstance(base, Uniform)
 
-    def evaluate(lo, hi):
+    def evaluate(
+        lo: torch.Tensor, hi: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         g5, top = _boxes_rule(energy, base, lo, hi, 5)
         g3, _ = _boxes_rule(energy, base, lo, hi, 3)
         cap = torch.full_like(g5, -math.inf)  # log of the sound mass bound |C| e^{-V_lo}
@@ -207,7 +219,7 @@ def _adaptive_rule(
 
 
 def log_partition_quadrature(
-    energy,
+    energy: Energy,
     base: BaseMeasure | None = None,
     *,
     n_cells: int | None = None,
@@ -249,7 +261,7 @@ def log_partition_quadrature(
 
 
 def check_log_partition(
-    energy, base: BaseMeasure | None, lz: LogZ, *, warn_above: float = 0.05
+    energy: Energy, base: BaseMeasure | None, lz: LogZ, *, warn_above: float = 0.05
 ) -> LogZ:
     """Check a tensor-rule ``lz`` (d ≤ 3) against the adaptive rule (module docstring); returns
     the value and error to report, with the check's evaluations added to ``n_evals`` and its

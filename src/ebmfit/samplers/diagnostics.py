@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from scipy import special, stats
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-def _as_draws(samples) -> np.ndarray:
+def _as_draws(samples: ArrayLike | torch.Tensor) -> np.ndarray:
     if isinstance(samples, torch.Tensor):
         samples = samples.detach().cpu().numpy()
     x = np.asarray(samples, dtype=np.float64)
@@ -50,7 +51,7 @@ def _as_draws(samples) -> np.ndarray:
     return x
 
 
-def split_chains(samples) -> np.ndarray:
+def split_chains(samples: ArrayLike | torch.Tensor) -> np.ndarray:
     """Split every chain into its first and second half (dropping the middle draw if odd).
 
     Shape (m, n, d) -> (2m, n // 2, d).
@@ -60,7 +61,7 @@ def split_chains(samples) -> np.ndarray:
     return np.concatenate([x[:, :half], x[:, x.shape[1] - half :]], axis=0)
 
 
-def autocovariance(samples) -> np.ndarray:
+def autocovariance(samples: ArrayLike | torch.Tensor) -> np.ndarray:
     r"""Biased autocovariance of each chain along the draws, by FFT.
 
     :math:`\hat\gamma_t = \frac1n \sum_{s=0}^{n-1-t} (x_s - \bar x)(x_{s+t} - \bar x)`, shape
@@ -103,7 +104,7 @@ def _ess_unsplit(x: np.ndarray) -> np.ndarray:
     return ess
 
 
-def rank_normalize(samples) -> np.ndarray:
+def rank_normalize(samples: ArrayLike | torch.Tensor) -> np.ndarray:
     r"""Replace draws by normal scores of their pooled ranks, per coordinate.
 
     :math:`z = \Phi^{-1}\bigl((r - 3/8) / (S + 1/4)\bigr)` with average ranks :math:`r` over all
@@ -118,7 +119,9 @@ def _normal_scores(x: np.ndarray) -> np.ndarray:
     return special.ndtri((r - 0.375) / (m * n + 0.25)).reshape(m, n, d)
 
 
-def effective_sample_size(samples, *, rank_normalize: bool = False) -> np.ndarray:
+def effective_sample_size(
+    samples: ArrayLike | torch.Tensor, *, rank_normalize: bool = False
+) -> np.ndarray:
     """Multi-chain effective sample size per coordinate, on split chains; shape (d,).
 
     Args:
@@ -134,7 +137,7 @@ def effective_sample_size(samples, *, rank_normalize: bool = False) -> np.ndarra
     return _ess_unsplit(x)
 
 
-def mcse_mean(samples) -> np.ndarray:
+def mcse_mean(samples: ArrayLike | torch.Tensor) -> np.ndarray:
     r"""Monte Carlo standard error of the pooled mean, shape (d,).
 
     :math:`\hat\sigma / \sqrt{\widehat{\mathrm{ESS}}}` with :math:`\hat\sigma` the pooled standard
@@ -153,7 +156,7 @@ def _rhat(x: np.ndarray) -> np.ndarray:
         return np.sqrt(((n - 1.0) / n * w + b_over_n) / w)
 
 
-def split_rhat(samples, *, rank_normalize: bool = False) -> np.ndarray:
+def split_rhat(samples: ArrayLike | torch.Tensor, *, rank_normalize: bool = False) -> np.ndarray:
     r"""Split :math:`\hat R` per coordinate; shape (d,).  Near 1 for mixed chains (use < 1.01).
 
     Args:

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..energies.base import Energy
 from ..energies.interval import bisect_boxes
 from ..grid import tensor_grid
 
@@ -44,7 +45,9 @@ class ExactSampleInfo(NamedTuple):
     n_boxes: int
 
 
-def _initial_boxes(dim: int, cells: int, dtype, device):
+def _initial_boxes(
+    dim: int, cells: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     lo = tensor_grid([torch.arange(cells, dtype=dtype, device=device) / cells] * dim)
     return lo, lo + 1.0 / cells
 
@@ -56,14 +59,14 @@ def default_cells(dim: int) -> int:
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _state_key(energy) -> tuple:
+def _state_key(energy: Energy) -> tuple:
     """Changes whenever a parameter or buffer of ``energy`` is modified (in place or replaced)."""
     return tuple((id(t), t._version) for t in (*energy.parameters(), *energy.buffers()))
 
 
 @torch.no_grad()
 def build_envelope(
-    energy,
+    energy: Energy,
     *,
     cells: int | None = None,
     target_acceptance: float = 0.3,
@@ -136,7 +139,7 @@ def build_envelope(
 
 @torch.no_grad()
 def sample_exact(
-    energy,
+    energy: Energy,
     n: int,
     *,
     generator: torch.Generator | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,12 +61,12 @@ def fit_population(
         line_search_fn="strong_wolfe",
     )
 
-    def objective():
+    def objective() -> torch.Tensor:
         V = energy.grid_values(grid.axes, theta)
         eff = theta * energy.mask
         return (eff * m).sum() + torch.logsumexp(grid.log_w - V, 0) + ridge * (eff**2).sum()
 
-    def closure():
+    def closure() -> torch.Tensor:
         opt.zero_grad()
         obj = objective()
         obj.backward()
@@ -81,7 +82,7 @@ def fit_population(
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
-    def fmt(v):
+    def fmt(v: object) -> str:
         if isinstance(v, float):
             return f"{v:.4g}"
         if isinstance(v, bool):
@@ -93,7 +94,7 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_report(result, out_dir: str | Path, name: str) -> tuple[Path, Path]:
+def write_report(result: Any, out_dir: str | Path, name: str) -> tuple[Path, Path]:
     """Write ``NAME.md`` (with the figure linked) and ``NAME.png`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

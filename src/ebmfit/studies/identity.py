@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from .._rng import as_generator
 from ..domain import Box
@@ -44,7 +47,7 @@ def _per_sample_grads(energy: Energy, U: torch.Tensor, chunk: int = 4096) -> tor
     names = [n for n, p in energy.named_parameters() if p.requires_grad]
     params = {n: p.detach() for n, p in energy.named_parameters() if p.requires_grad}
 
-    def f(p, u):
+    def f(p: dict[str, torch.Tensor], u: torch.Tensor) -> torch.Tensor:
         return functional_call(energy, p, (u[None],))[0]
 
     out = []
@@ -54,7 +57,7 @@ def _per_sample_grads(energy: Energy, U: torch.Tensor, chunk: int = 4096) -> tor
     return torch.cat(out)
 
 
-def _grad_of(energy: Energy, scalar_fn) -> torch.Tensor:
+def _grad_of(energy: Energy, scalar_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
     params = [p for p in energy.parameters() if p.requires_grad]
     gs = torch.autograd.grad(scalar_fn(), params)
     return torch.cat([g.reshape(-1) for g in gs]).to(F64)
@@ -131,7 +134,7 @@ class IdentityResult:
             ]
         )
 
-    def plot(self, path) -> None:
+    def plot(self, path: str | os.PathLike) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -161,7 +164,11 @@ def _default_model(seed: int) -> EnergyModel:
 
 
 def identity_study(
-    model: EnergyModel | None = None, data=None, *, quick: bool = False, random_state: int = 0
+    model: EnergyModel | None = None,
+    data: ArrayLike | None = None,
+    *,
+    quick: bool = False,
+    random_state: int = 0,
 ) -> IdentityResult:
     """Check the gradient identity on ``model`` (default: a small random MLP energy on the unit
     square) with ``data`` (default: exact samples of the ``banana`` target), d ≤ 3."""
@@ -184,7 +191,7 @@ def identity_study(
     cells = {1: 256, 2: 32 if quick else 48, 3: 12}[d]
     R1, R2 = Grid(d, cells, 4), Grid(d, int(cells * 1.5), 5)
 
-    def log_z(grid):
+    def log_z(grid: Grid) -> torch.Tensor:
         return torch.logsumexp(grid.log_w - energy(grid.points), 0)
 
     g_true = _grad_of(energy, lambda: energy(U).mean() + log_z(R1))
@@ -192,7 +199,13 @@ def identity_study(
     norm = float(g_true.norm())
     rows = []
 
-    def add(name, n, g_model, se_vec, t0):
+    def add(
+        name: str,
+        n: int,
+        g_model: torch.Tensor,
+        se_vec: torch.Tensor | None,
+        t0: float,
+    ) -> None:
         err = float(((g_data - g_model) - g_true).norm()) / norm
         se = float(se_vec.norm()) / norm if se_vec is not None else 0.0
         rows.append(EstimatorRow(name, n, err, se, time.perf_counter() - t0))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,7 @@ from scipy import integrate
 from ..certify import kl_quadrature, oscillation_bounds
 from ..domain import Box
 from ..energies import Energy, SplineEnergy
+from ..energies.interval import Interval
 from ..grid import tensor_grid
 from ..model import EnergyModel
 from ._common import F64, Grid, fit_population, md_table
@@ -60,23 +62,25 @@ class BumpEnergy(Energy):
     def spec(self) -> dict:
         raise TypeError("study energies are not saved to model files")
 
-    def _w(self):
+    def _w(self) -> tuple[float, float]:
         return (1.0, 0.0) if self.n is None else (1 - 1 / self.n, 1 / self.n)
 
-    def forward(self, u):
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
         s = ((u.to(F64) - self.c) ** 2).sum(-1) / RHO**2
         q = KAPPA * (1 - s).clamp_min(0) ** 2
         a, b = self._w()
         return -torch.log(a * q + b)
 
-    def _s_range(self, lo, hi):
+    def _s_range(
+        self, lo: torch.Tensor, hi: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x_lo, x_hi = lo.to(F64) - self.c, hi.to(F64) - self.c
         sq_hi = torch.maximum(x_lo**2, x_hi**2)
         sq_lo = torch.where((x_lo <= 0) & (x_hi >= 0), 0.0, torch.minimum(x_lo**2, x_hi**2))
         return sq_lo.sum(-1) / RHO**2, sq_hi.sum(-1) / RHO**2, x_lo, x_hi
 
     @torch.no_grad()
-    def interval_bounds(self, lo, hi):
+    def interval_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
         s_lo, s_hi, _, _ = self._s_range(lo, hi)
         a, b = self._w()
         q_hi = KAPPA * (1 - s_lo).clamp_min(0) ** 2
@@ -86,7 +90,7 @@ class BumpEnergy(Energy):
         return vlo - tol, vhi + tol
 
     @torch.no_grad()
-    def gradient_bounds(self, lo, hi):
+    def gradient_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval | None:
         r""":math:`\partial_i V = 4\kappa a (1-s)_+ (u_i - c_i) / (\rho^2 q_n)`, as intervals."""
         if self.n is None:
             return None
@@ -108,10 +112,10 @@ class BumpEnergy(Energy):
 def _radial_kl(n: float | None) -> float:
     """KL(Q*‖Q*_n) (or KL(Q*‖P) for n=None) by adaptive quadrature in the radius."""
 
-    def q(r):
+    def q(r: float) -> float:
         return KAPPA * (1 - r * r / RHO**2) ** 2
 
-    def f(r):
+    def f(r: float) -> float:
         qr = q(r)
         if qr <= 0:
             return 0.0
@@ -230,7 +234,7 @@ class ZerosResult:
             ]
         )
 
-    def plot(self, path) -> None:
+    def plot(self, path: str | os.PathLike) -> None:
         import matplotlib
 
         matplotlib.use("Agg")

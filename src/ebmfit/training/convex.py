@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..base import BaseMeasure, Uniform
+from ..energies.base import LinearEnergy
 from ..grid import gauss_legendre_1d, tensor_grid, tensor_log_weights
 from ._progress import nll_offset, progress_bar
 from .fit import FitResult, validation_nll
@@ -35,13 +36,20 @@ from .parallel import ParallelContext
 __all__ = ["fit_convex", "training_rule"]
 
 
-def training_rule(energy) -> tuple[int, int]:
+def training_rule(energy: LinearEnergy) -> tuple[int, int]:
     """(n_cells, n_nodes) of the fixed training quadrature for a linear energy."""
     per_axis = {1: 1024, 2: 192, 3: 72}.get(energy.dim, 16)
     return per_axis // 4, 4
 
 
-def _objective(energy, coef, phi_bar, axes, logw, lam):
+def _objective(
+    energy: LinearEnergy,
+    coef: torch.Tensor,
+    phi_bar: torch.Tensor,
+    axes: list[torch.Tensor],
+    logw: torch.Tensor,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     log_z = torch.logsumexp(logw - energy.grid_values(axes, coef), 0)
     nll = (energy.effective_coef(coef) * phi_bar).sum() + log_z
     return nll + lam * energy.roughness(coef), nll
@@ -55,7 +63,14 @@ def _mode_product(T: torch.Tensor, Q: torch.Tensor | None) -> torch.Tensor:
     return T
 
 
-def _solve(energy, phi_bar, axes, logw, lam, max_iter):
+def _solve(
+    energy: LinearEnergy,
+    phi_bar: torch.Tensor,
+    axes: list[torch.Tensor],
+    logw: torch.Tensor,
+    lam: float,
+    max_iter: int,
+) -> tuple[float, int, float]:
     """Minimise J_λ from the current coefficients; returns (train NLL, iterations)."""
     theta0 = energy.coef.detach().clone()
     Q, pen_diag = energy.penalty_transform()
@@ -77,7 +92,7 @@ def _solve(energy, phi_bar, axes, logw, lam, max_iter):
         line_search_fn="strong_wolfe",
     )
 
-    def closure():
+    def closure() -> torch.Tensor:
         opt.zero_grad()
         obj, _ = _objective(
             energy, theta0 + _mode_product(scale * eta, Q), phi_bar, axes, logw, lam
@@ -97,7 +112,9 @@ def _solve(energy, phi_bar, axes, logw, lam, max_iter):
     return float(nll.detach()), n_iter, float((grad * energy.mask).abs().max())
 
 
-def _mean_features(energy, U: torch.Tensor, par: ParallelContext | None) -> torch.Tensor:
+def _mean_features(
+    energy: LinearEnergy, U: torch.Tensor, par: ParallelContext | None
+) -> torch.Tensor:
     """The mean feature vector of the rows of U, summed over the ranks' shares of U."""
     if par is None or par.world_size == 1:
         return energy.mean_features(U)
@@ -107,7 +124,7 @@ def _mean_features(energy, U: torch.Tensor, par: ParallelContext | None) -> torc
 
 
 def fit_convex(
-    energy,
+    energy: LinearEnergy,
     U_train: torch.Tensor,
     U_val: torch.Tensor,
     *,

@@ -37,17 +37,19 @@ import math
 import warnings
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..base import BaseMeasure, Uniform
+from ..energies.base import Energy
 from ..grid import gauss_legendre_1d
 from ..partition.qmc import log_partition_qmc
 from ..partition.quadrature import MAX_DIM, default_resolution, grid_log_integrand
 from ._progress import nll_offset, progress_bar
-from .negatives import NegativePhaseError, info_fields
+from .negatives import NegativePhaseError, Negatives, info_fields
 from .parallel import ParallelContext
 from .sgd_state import global_step_stats, load_state, save_state, sgd_config
 from .sharding import ShardedNegatives
@@ -83,11 +85,15 @@ class FitResult:
     warnings: list[dict] = field(default_factory=list)
 
 
+#: A negative-phase strategy: ``strategy(energy, generator) -> Negatives``
+#: (:mod:`ebmfit.training.negatives`).
+NegativePhase = Callable[[Energy, torch.Generator | None], Negatives]
+
 _CHECK_POINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CHECK_N = 2**16
 
 
-def base_check_points(base: BaseMeasure, device) -> torch.Tensor:
+def base_check_points(base: BaseMeasure, device: torch.device | str) -> torch.Tensor:
     """A fixed draw of ``_CHECK_N`` points from the base (seeded; cached per base object)."""
     pts = _CHECK_POINTS.get(base)
     if pts is None:
@@ -97,7 +103,7 @@ def base_check_points(base: BaseMeasure, device) -> torch.Tensor:
     return pts.to(device)
 
 
-def check_log_partition(energy, base: BaseMeasure) -> float:
+def check_log_partition(energy: Energy, base: BaseMeasure) -> float:
     """log Z by the *checking* rule (single level; independent of every training rule)."""
     d = energy.dim
     if d <= MAX_DIM:
@@ -138,7 +144,7 @@ class StabilityMonitor:
     min_ess: float = 20.0
     action: str = "warn"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.action not in ("warn", "raise", "record"):
             raise ValueError(f"action must be 'warn', 'raise' or 'record', got {self.action!r}")
 
@@ -224,7 +230,7 @@ class _Tracker:
         )
 
 
-def _give_up(msg: str, best: dict, history: list[dict], energy) -> str:
+def _give_up(msg: str, best: dict, history: list[dict], energy: Energy) -> str:
     """Divergence beyond the retries: keep the best validated state and warn, or raise.
 
     :class:`FitError` only when no validated state is usable (its validation NLL is not
@@ -242,22 +248,22 @@ def _give_up(msg: str, best: dict, history: list[dict], energy) -> str:
 
 
 @torch.no_grad()
-def mean_energy(energy, U: torch.Tensor, chunk: int = 65536) -> float:
+def mean_energy(energy: Energy, U: torch.Tensor, chunk: int = 65536) -> float:
     dt = energy.param_dtype()
     return float(sum(energy(c.to(dt)).double().sum() for c in U.split(chunk)) / U.shape[0])
 
 
-def validation_nll(energy, U: torch.Tensor, base: BaseMeasure) -> float:
+def validation_nll(energy: Energy, U: torch.Tensor, base: BaseMeasure) -> float:
     """Average NLL (on the unit cube) of the rows of U, with log Z from the checking rule."""
     lb = 0.0 if isinstance(base, Uniform) else float(base.log_prob(U).mean())
     return mean_energy(energy, U) + check_log_partition(energy, base) - lb
 
 
 def fit_sgd(
-    energy,
+    energy: Energy,
     U_train: torch.Tensor,
     U_val: torch.Tensor,
-    negatives,
+    negatives: NegativePhase,
     *,
     base: BaseMeasure | None = None,
     max_iter: int = 2000,

@@ -26,12 +26,14 @@ sample size, and records them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import torch
 
 from ..base import BaseMeasure, Uniform
+from ..energies.base import Energy
 from ..grid import gauss_legendre_1d, tensor_grid, tensor_log_weights
 from ..model import potential
 from ..samplers import adapt as _adapt
@@ -52,6 +54,10 @@ __all__ = [
     "independence_step",
     "info_fields",
 ]
+
+
+#: The potential :math:`U = V - \log p` on the cube, shape (n, d) → (n,) (the chains' target).
+PotentialFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class NegativePhaseError(FloatingPointError):
@@ -129,7 +135,7 @@ class ShiftedGridNegatives:
             raise ValueError("points_per_axis must be a multiple of n_nodes")
         self.last_info = NegativesInfo()
 
-    def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
+    def __call__(self, energy: Energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
         shifts = torch.rand(self.dim, generator=generator, dtype=torch.float64, device=dev)
         cells = self.points_per_axis // self.n_nodes
@@ -155,7 +161,7 @@ class ImportanceNegatives:
         self.base = base if base is not None else Uniform(dim)
         self.last_info = NegativesInfo()
 
-    def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
+    def __call__(self, energy: Energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
         pts = self.base.sample(self.n_samples, generator=generator, device=dev)
         logw = torch.full(
@@ -166,12 +172,12 @@ class ImportanceNegatives:
 
 
 # ----------------------------------------------------------------------------- MCMC strategies
-def chain_energy(energy, base: BaseMeasure):
+def chain_energy(energy: Energy, base: BaseMeasure) -> PotentialFn:
     r"""The potential the chains sample, :math:`U = V - \log p` (see :func:`ebmfit.model.potential`)."""
     return potential(energy, base)
 
 
-def _checked_state(fn, position: torch.Tensor) -> State:
+def _checked_state(fn: PotentialFn, position: torch.Tensor) -> State:
     v, g = energy_and_grad(fn, position)
     bad = ~(torch.isfinite(v) & torch.isfinite(g).all(-1))
     if bad.any():
@@ -220,7 +226,7 @@ class _StepSize:
             self._restart(min(math.exp(self.state.log_step_size_avg), self.max_step))
 
 
-def _resolve_kernel(kernel):
+def _resolve_kernel(kernel: str | ModuleType) -> tuple[str, ModuleType]:
     if isinstance(kernel, str):
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; choose one of {sorted(KERNELS)}")
@@ -231,7 +237,7 @@ def _resolve_kernel(kernel):
 def independence_step(
     generator: torch.Generator,
     state: State,
-    fn,
+    fn: PotentialFn,
     base: BaseMeasure,
     mask: torch.Tensor | None = None,
 ) -> tuple[State, torch.Tensor]:
@@ -268,15 +274,15 @@ def independence_step(
 
 
 def _advance(
-    module,
-    fn,
-    position,
-    n_steps,
-    generator,
+    module: ModuleType,
+    fn: PotentialFn,
+    position: torch.Tensor,
+    n_steps: int,
+    generator: torch.Generator | None,
     step: _StepSize,
-    adapt,
-    inverse_mass,
-    kwargs,
+    adapt: bool,
+    inverse_mass: torch.Tensor | None,
+    kwargs: dict[str, Any],
     base: BaseMeasure | None = None,
     restart: torch.Tensor | None = None,
 ) -> tuple[State, NegativesInfo]:
@@ -364,7 +370,7 @@ class PersistentChains:
         self,
         dim: int,
         n_chains: int = 512,
-        kernel="mala",
+        kernel: str | ModuleType = "mala",
         n_steps: int = 5,
         reinit_fraction: float = 0.05,
         base: BaseMeasure | None = None,
@@ -378,7 +384,7 @@ class PersistentChains:
         adapt_window: int = 200,
         max_step: float = 1.0,
         inverse_mass: torch.Tensor | None = None,
-        **kernel_kwargs,
+        **kernel_kwargs: Any,
     ):
         self.dim = int(dim)
         self.n_chains = int(n_chains)
@@ -421,7 +427,7 @@ class PersistentChains:
         self.n_calls = int(state.get("n_calls", 0))
         _load_step_state(self.step, state)
 
-    def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
+    def __call__(self, energy: Energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
         if self.buffer is None or self.buffer.device != dev:
             self.buffer = self.base.sample(self.buffer_size, generator=generator, device=dev)
@@ -503,7 +509,7 @@ class ShortRunChains:
         k: int = 1,
         init: str = "base",
         data: torch.Tensor | None = None,
-        kernel="mala",
+        kernel: str | ModuleType = "mala",
         base: BaseMeasure | None = None,
         *,
         step_size: float = 0.05,
@@ -512,7 +518,7 @@ class ShortRunChains:
         adapt_window: int = 200,
         max_step: float = 1.0,
         inverse_mass: torch.Tensor | None = None,
-        **kernel_kwargs,
+        **kernel_kwargs: Any,
     ):
         if init not in ("base", "data"):
             raise ValueError(f"init must be 'base' or 'data', got {init!r}")
@@ -541,7 +547,7 @@ class ShortRunChains:
         self.kernel_kwargs = kernel_kwargs
         self.last_info = NegativesInfo()
 
-    def __call__(self, energy, generator: torch.Generator | None = None) -> Negatives:
+    def __call__(self, energy: Energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
         if self.init == "base":
             pos = self.base.sample(self.n_chains, generator=generator, device=dev)
