@@ -124,15 +124,15 @@ def ebm_log_z(est, args, seed: int) -> dict:
     imp = log_partition_importance(est.energy_, est.base_, n_samples=65536, generator=gen)
     fit_lz = getattr(est, "log_partition_", None)
     return {
-        "log_z": ais.logz.value,
-        "log_z_se": ais.logz.stderr,
-        "ais_ess": ais.ess,
+        "log_z": ais.value,
+        "log_z_se": ais.stderr,
+        "ais_ess": ais.diagnostics.ess,
         "ais_chains": args.ais_chains,
         "ais_temps": args.ais_temps,
         "ais_time_s": t_ais,
-        "is_log_z": imp.logz.value,
-        "is_log_z_se": imp.logz.stderr,
-        "is_ess": imp.ess,
+        "is_log_z": imp.value,
+        "is_log_z_se": imp.stderr,
+        "is_ess": imp.diagnostics.ess,
         "fit_log_z": None if fit_lz is None else fit_lz.value,
         "fit_log_z_se": None if fit_lz is None else fit_lz.stderr,
         "fit_log_z_method": None if fit_lz is None else fit_lz.method,

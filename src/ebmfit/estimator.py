@@ -403,7 +403,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
 
             gen = torch.Generator(device=device).manual_seed(seed + 1)
             fn = log_partition_ais if method == "ais" else log_partition_importance
-            lz = fn(self.energy_, self.base_, generator=gen).logz
+            lz = fn(self.energy_, self.base_, generator=gen)
         else:
             kwargs = {"random_state": seed} if method == "qmc" else {}
             return self.model_.log_partition(method=method, **kwargs)

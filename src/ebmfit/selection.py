@@ -28,10 +28,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .base import BaseMeasure, Uniform
+from .base import BaseMeasure
 from .energies import DefensiveEnergy, ZeroEnergy
+from .partition.auto import cube_oscillation, log_partition_rule
 from .partition.importance import log_partition_importance
-from .partition.quadrature import MAX_DIM, log_partition_quadrature
+from .partition.quadrature import log_partition_quadrature
 from .partition.result import LogZ
 
 __all__ = [
@@ -123,39 +124,6 @@ class Selection(NamedTuple):
         }
 
 
-#: Above this oscillation of V over the cube (nats), importance weights from the base are not
-#: provably tame and log Z is annealed instead.
-MAX_IS_OSCILLATION = 12.0
-
-
-@torch.no_grad()
-def cube_oscillation(energy) -> float:
-    """A sound upper bound of sup V − inf V over the cube (interval bounds of one box); inf
-    when the energy has no sound bounds."""
-    d = energy.dim
-    lo = torch.zeros(1, d, dtype=torch.float64, device=energy.param_device())
-    try:
-        L, H = energy.interval_bounds(lo, torch.ones_like(lo))
-    except NotImplementedError:
-        return math.inf
-    osc = float(H.max() - L.min())
-    return osc if math.isfinite(osc) else math.inf
-
-
-def log_partition_rule(energy, base: BaseMeasure) -> str:
-    """The honest default rule for ``e^{-V} dP``: ``"exact"`` (V ≡ 0), ``"quadrature"`` (d ≤ 3,
-    checked against an independent adaptive rule), ``"importance"`` from a fitted base when
-    the weights are provably bounded (:func:`cube_oscillation` ≤
-    :data:`MAX_IS_OSCILLATION`), else ``"ais"``."""
-    if getattr(energy, "family", None) == "zero":
-        return "exact"
-    if energy.dim <= MAX_DIM:  # checked against an adaptive rule (partition/quadrature.py)
-        return "quadrature"
-    if isinstance(base, Uniform):
-        return "ais"
-    return "importance" if cube_oscillation(energy) <= MAX_IS_OSCILLATION else "ais"
-
-
 @torch.no_grad()
 def honest_log_partition(
     energy, base: BaseMeasure, *, generator: torch.Generator, n_samples: int = 65536
@@ -169,10 +137,10 @@ def honest_log_partition(
     if rule == "ais":  # weights not provably tame: anneal from the base
         from .partition.ais import log_partition_ais
 
-        return log_partition_ais(energy, base, generator=generator).logz
+        return log_partition_ais(energy, base, generator=generator)
     return log_partition_importance(
         energy, base, n_samples=n_samples, n_batches=4, generator=generator
-    ).logz
+    )
 
 
 @torch.no_grad()
