@@ -44,12 +44,15 @@ from .model import EnergyModel
 from .partition.quadrature import MAX_DIM
 from .partition.result import LogZ
 from .selection import (
+    MARGIN_SE,
+    MARGIN_STACKED,
     Selection,
     choose,
     defend,
     honest_log_partition,
     log_partition_rule,
     row_log_likelihood,
+    stack,
 )
 from .training._progress import Progress
 
@@ -323,18 +326,31 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         # every candidate on the validation rows, each with a log Z of its own honest rule
         g_val = torch.Generator(device=device).manual_seed(seed + 2)
         # and every correction mixed with its base, (1 - ε) Q_V + ε P (a floor for gaps)
-        logz, rows, mix = {}, {}, {}
+        # — stacked on the scoring rows when P is the incumbent base, at an ε tuned on the
+        # tuning rows when it is another base (see ebmfit.selection)
+        logz, rows, mix, margins = {}, {}, {}, {}
         for name, (energy, cbase, res, refit) in fitted.items():
             lz = honest_log_partition(energy, cbase, generator=g_val)
             if name != "base" and self.selection == "auto":
-                energy, lz = defend(energy, cbase, U_tune, lz)
+                stacked = cbase is base
+                if stacked:
+                    energy, lz = stack(energy, cbase, U_sel, lz)
+                else:
+                    energy, lz = defend(energy, cbase, U_tune, lz)
+                margins[name] = MARGIN_STACKED if stacked else MARGIN_SE
                 mix[name] = energy.mix
                 fitted[name] = (energy, cbase, res, refit)
             logz[name] = lz
             rows[name] = row_log_likelihood(energy, cbase, U_sel, lz)
         force = None if self.selection == "auto" else next(k for k in fitted if k != "base")
         self.selection_ = choose(
-            rows, logz, incumbent="base", log_volume=box.log_volume, force=force
+            rows,
+            logz,
+            incumbent="base",
+            log_volume=box.log_volume,
+            margin_se=margins or MARGIN_SE,
+            mix=mix,
+            force=force,
         )
         chosen = self.selection_.chosen
         energy, base, res, refit = fitted[chosen]
