@@ -9,17 +9,21 @@ error of log Z.
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._heldout import heldout_score
 from ._validation import check_n_samples, check_params, resolve_device
-from .base import Uniform
+from .base import BaseMeasure, Uniform
 from .domain import Box, DataError, check_matrix
 from .energies import (
     FAMILIES,
@@ -55,6 +59,10 @@ from .selection import (
     stack,
 )
 from .training._progress import Progress
+
+if TYPE_CHECKING:
+    from .checkpoint import RunCheckpoint
+    from .training.parallel import ParallelContext
 
 __all__ = [
     "BASES",
@@ -179,24 +187,24 @@ class EnergyDensity(DensityMixin, BaseEstimator):
 
     def __init__(
         self,
-        energy="auto",
+        energy: str | Energy = "auto",
         *,
-        energy_params=None,
-        low=None,
-        high=None,
-        margin=0.05,
-        clip=False,
-        validation_fraction=0.2,
-        max_iter=None,
-        lr=2e-3,
-        log_partition="auto",
-        random_state=None,
-        device=None,
-        verbose=False,
-        negative_phase="auto",
-        base="auto",
-        selection="auto",
-    ):
+        energy_params: dict | None = None,
+        low: ArrayLike | float | None = None,
+        high: ArrayLike | float | None = None,
+        margin: float = 0.05,
+        clip: bool = False,
+        validation_fraction: float = 0.2,
+        max_iter: int | None = None,
+        lr: float = 2e-3,
+        log_partition: str = "auto",
+        random_state: int | np.random.RandomState | None = None,
+        device: str | torch.device | None = None,
+        verbose: bool = False,
+        negative_phase: str | Callable[..., Any] = "auto",
+        base: str = "auto",
+        selection: str = "auto",
+    ) -> None:
         self.energy = energy
         self.energy_params = energy_params
         self.low = low
@@ -236,7 +244,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
             bounds.append(np.broadcast_to(v.reshape(-1), (d,)))
         return Box(*bounds)
 
-    def _check_X(self, X, *, reset: bool) -> np.ndarray:
+    def _check_X(self, X: ArrayLike, *, reset: bool) -> np.ndarray:
         # scikit-learn's validation first (sparse, complex, object, empty input; feature names),
         # then ours, which names the rows and columns holding NaN / inf
         X = validate_data(
@@ -255,7 +263,14 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         return X
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None, *, parallel=None, checkpoint=None):
+    def fit(
+        self,
+        X: ArrayLike,
+        y: object = None,
+        *,
+        parallel: ParallelContext | None = None,
+        checkpoint: RunCheckpoint | None = None,
+    ) -> EnergyDensity:
         """Fit the density to X of shape (n_samples, n_features). Returns self.
 
         Fits the base on the training split (its structure chosen on the validation split),
@@ -376,7 +391,9 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         self.fit_time_ = time.perf_counter() - t0
         return self
 
-    def _candidates(self, d: int, base, seed: int, device):
+    def _candidates(
+        self, d: int, base: BaseMeasure, seed: int, device: torch.device
+    ) -> list[tuple[str, Energy, BaseMeasure]]:
         """The policy: ``(name, energy, base)`` of every candidate beside the base alone."""
         if isinstance(self.energy, Energy):
             energy = self._copy_energy(self.energy)
@@ -402,7 +419,9 @@ class EnergyDensity(DensityMixin, BaseEstimator):
                 )
         return out
 
-    def _log_partition(self, method: str, seed: int, device, known: LogZ | None = None) -> LogZ:
+    def _log_partition(
+        self, method: str, seed: int, device: torch.device, known: LogZ | None = None
+    ) -> LogZ:
         """log Z of the fitted model by ``method`` (``"auto"``:
         :func:`~ebmfit.selection.log_partition_rule`)."""
         zero = self.energy_.family == "zero"
@@ -433,7 +452,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         return copy.deepcopy(energy)
 
     # ------------------------------------------------------------------ inference
-    def score_samples(self, X) -> np.ndarray:
+    def score_samples(self, X: ArrayLike) -> np.ndarray:
         """Normalized log-density of each row of X (shape (n,)), in X's coordinates.
 
         Rows outside the box get −inf (the density is zero there).
@@ -442,12 +461,14 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         X = self._check_X(X, reset=False)
         return self.model_.log_prob(X)
 
-    def score(self, X, y=None) -> float:
+    def score(self, X: ArrayLike, y: object = None) -> float:
         """Mean log-likelihood of the rows of X (with a box from the data, rows outside it are
         scored at the box, censored: see :mod:`ebmfit._heldout`)."""
         return heldout_score(self, X)
 
-    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
+    def sample(
+        self, n_samples: int = 1, random_state: int | np.random.RandomState | None = None
+    ) -> np.ndarray:
         """Samples from the fitted density, shape (n_samples, n_features).
 
         Exact (i.i.d.) for the uniform base when d ≤ 3 (rejection from an adaptive box
@@ -469,7 +490,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         return self.model_.sample(int(n_samples), generator=gen)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the fitted model to ``path`` (safetensors + JSON header; see :mod:`ebmfit.io`)."""
         from .io import save_model
 
@@ -488,7 +509,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         save_model(self.model_, path, extra=extra)
 
     @classmethod
-    def load(cls, path) -> EnergyDensity:
+    def load(cls, path: str | os.PathLike) -> EnergyDensity:
         """Load a model written by :meth:`save` (or the CLI) as a fitted estimator."""
         from .io import load_model_with_extra
 

@@ -21,9 +21,11 @@ import torch
 
 from .base import BaseMeasure, LogitGMMBase, TruncatedGMMBase, Uniform
 from .checkpoint import RunCheckpoint
+from .energies import Energy
 from .training import (
     FitResult,
     ImportanceNegatives,
+    Negatives,
     PersistentChains,
     ShiftedGridNegatives,
     ShortRunChains,
@@ -131,8 +133,12 @@ def refit_base(base: BaseMeasure, U_all: torch.Tensor, seed: int) -> BaseMeasure
 
 
 def make_negative_phase(
-    name: str, dim: int, base, U_train: torch.Tensor | None = None, is_draws: int = IS_DRAWS
-):
+    name: str,
+    dim: int,
+    base: BaseMeasure,
+    U_train: torch.Tensor | None = None,
+    is_draws: int = IS_DRAWS,
+) -> ShiftedGridNegatives | PersistentChains | ShortRunChains | ImportanceNegatives:
     """The negative-phase strategy called ``name`` (see ``EnergyDensity(negative_phase=...)``).
 
     ``"auto"`` is ``"exact"`` for d ≤ 3, ``"importance"`` above on a fitted base and
@@ -164,12 +170,12 @@ def make_negative_phase(
 
 
 def fit_energy(
-    energy,
+    energy: Energy,
     base: BaseMeasure,
     U_tr: torch.Tensor,
     U_val: torch.Tensor,
     *,
-    phase,
+    phase: str | Callable[..., Negatives],
     max_iter: int | None,
     lr: float,
     generator: torch.Generator,

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .base import BaseMeasure, Uniform
-from .energies import DefensiveEnergy, ZeroEnergy
+from .energies import DefensiveEnergy, Energy, ZeroEnergy
 from .partition.importance import log_partition_importance
 from .partition.quadrature import MAX_DIM, log_partition_quadrature
 from .partition.result import LogZ
@@ -155,7 +155,7 @@ MAX_IS_OSCILLATION = 12.0
 
 
 @torch.no_grad()
-def cube_oscillation(energy) -> float:
+def cube_oscillation(energy: Energy) -> float:
     """A sound upper bound of sup V − inf V over the cube (interval bounds of one box); inf
     when the energy has no sound bounds."""
     d = energy.dim
@@ -168,7 +168,7 @@ def cube_oscillation(energy) -> float:
     return osc if math.isfinite(osc) else math.inf
 
 
-def log_partition_rule(energy, base: BaseMeasure) -> str:
+def log_partition_rule(energy: Energy, base: BaseMeasure) -> str:
     """The honest default rule for ``e^{-V} dP``: ``"exact"`` (V ≡ 0), ``"quadrature"`` (d ≤ 3,
     checked against an independent adaptive rule), ``"importance"`` from a fitted base when
     the weights are provably bounded (:func:`cube_oscillation` ≤
@@ -184,7 +184,7 @@ def log_partition_rule(energy, base: BaseMeasure) -> str:
 
 @torch.no_grad()
 def honest_log_partition(
-    energy, base: BaseMeasure, *, generator: torch.Generator, n_samples: int = 65536
+    energy: Energy, base: BaseMeasure, *, generator: torch.Generator, n_samples: int = 65536
 ) -> LogZ:
     """log Z of ``e^{-V} dP`` by a rule independent of training (see the module docstring)."""
     rule = log_partition_rule(energy, base)
@@ -202,7 +202,9 @@ def honest_log_partition(
 
 
 @torch.no_grad()
-def row_log_likelihood(energy, base: BaseMeasure, U: torch.Tensor, logz: LogZ) -> np.ndarray:
+def row_log_likelihood(
+    energy: Energy, base: BaseMeasure, U: torch.Tensor, logz: LogZ
+) -> np.ndarray:
     """:math:`-V(u) + \\log p(u) - \\log Z` per row of U (shape (n, d)) on the cube → (n,)."""
     dt = energy.param_dtype()
     dev = energy.param_device()
@@ -264,7 +266,7 @@ def stack_weight(r: np.ndarray, r0: np.ndarray, floor: float = MIX_FLOOR) -> flo
 
 @torch.no_grad()
 def stack(
-    energy, base: BaseMeasure, U: torch.Tensor, logz: LogZ, floor: float = MIX_FLOOR
+    energy: Energy, base: BaseMeasure, U: torch.Tensor, logz: LogZ, floor: float = MIX_FLOOR
 ) -> tuple[DefensiveEnergy, LogZ]:
     r"""Stack a correction with its base: :math:`(1-\varepsilon^*) Q_V + \varepsilon^* P`, ε* by
     :func:`stack_weight` on the rows U (shape (n, d), the scoring rows).
@@ -277,14 +279,18 @@ def stack(
     return _mixture(energy, logz, stack_weight(r, r0, floor))
 
 
-def _mixture(energy, logz: LogZ, eps: float) -> tuple[DefensiveEnergy, LogZ]:
+def _mixture(energy: Energy, logz: LogZ, eps: float) -> tuple[DefensiveEnergy, LogZ]:
     w = DefensiveEnergy(energy, logz.value, eps).to(energy.param_device())
     return w, LogZ(0.0, (1 - eps) * logz.stderr, logz.method, logz.n_evals, logz.bias)
 
 
 @torch.no_grad()
 def defend(
-    energy, base: BaseMeasure, U_val: torch.Tensor, logz: LogZ, grid=DEFENSIVE_MIX
+    energy: Energy,
+    base: BaseMeasure,
+    U_val: torch.Tensor,
+    logz: LogZ,
+    grid: tuple[float, ...] = DEFENSIVE_MIX,
 ) -> tuple[DefensiveEnergy, LogZ]:
     r"""Mix a fitted correction with its base, :math:`(1-\varepsilon) Q_V + \varepsilon P`.
 
