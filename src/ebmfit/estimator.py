@@ -50,6 +50,7 @@ from .partition.result import LogZ
 from .selection import (
     MARGIN_SE,
     MARGIN_STACKED,
+    MIN_ROWS_OTHER_BASE,
     Selection,
     choose,
     defend,
@@ -352,7 +353,8 @@ class EnergyDensity(DensityMixin, BaseEstimator):
                     energy, lz = stack(energy, cbase, U_sel, lz)
                 else:
                     energy, lz = defend(energy, cbase, U_tune, lz)
-                margins[name] = MARGIN_STACKED if stacked else MARGIN_SE
+                few = U_sel.shape[0] < MIN_ROWS_OTHER_BASE
+                margins[name] = MARGIN_STACKED if stacked else math.inf if few else MARGIN_SE
                 mix[name] = energy.mix
                 fitted[name] = (energy, cbase, res, refit)
             logz[name] = lz
