@@ -255,16 +255,16 @@ def test_stacked_margin_of_one_se_is_a_two_se_test_near_the_null():
 
 
 def test_few_scoring_rows_rule_out_a_candidate_on_another_base():
-    """150 rows: 15 scoring rows, below MIN_ROWS_OTHER_BASE; spline|uniform is scored and
-    recorded but cannot be chosen, while the stacked spline|base still can."""
+    """40 rows (fewer than MIN_ROWS_OTHER_BASE even cross-fitted): spline|uniform is scored
+    and recorded but cannot be chosen, while the stacked spline|base still can."""
     from ebmfit.selection import MIN_ROWS_OTHER_BASE
 
     rng = np.random.default_rng(2)
-    a = rng.uniform(0, 2 * np.pi, 150)
-    X = np.c_[np.cos(a), np.sin(a)] * (1 + 0.05 * rng.normal(size=(150, 1)))
+    a = rng.uniform(0, 2 * np.pi, 40)
+    X = np.c_[np.cos(a), np.sin(a)] * (1 + 0.05 * rng.normal(size=(40, 1)))
     est = EnergyDensity(random_state=0).fit(X)
     sel = est.selection_
-    assert sel.n_val < MIN_ROWS_OTHER_BASE
+    assert sel.n_val == 40 < MIN_ROWS_OTHER_BASE and "cross-fitted" in sel.rule
     assert sel.chosen != "spline|uniform"
     assert "spline|uniform: inf" in sel.rule and "spline|base: 1" in sel.rule
     other = next(c for c in sel.candidates if c.name == "spline|uniform")

@@ -185,7 +185,8 @@ def fit_energy(
 
     Linear energies with ``phase`` ``"auto"``/``"exact"`` are solved by
     :func:`~ebmfit.training.fit_convex` along its penalty path *without* the final refit; the
-    returned function refits on train ∪ validation at the selected penalty.  Everything else
+    returned function refits at the selected penalty: by default on train ∪ validation over
+    the same base, or on other rows over another base (cross-fitting, the final refit).  Everything else
     is trained by :func:`~ebmfit.training.fit_sgd` (no refit: early stopping used the
     validation rows).
     """
@@ -207,16 +208,26 @@ def fit_energy(
         )
         lam = res.history[res.best_iter]["lambda"]
 
-        def refit() -> FitResult:
+        def refit(
+            base_: BaseMeasure = base,
+            U_fit: torch.Tensor = U_tr,
+            U_check: torch.Tensor = U_val,
+            *,
+            on_all: bool = True,
+            target: Energy = energy,
+        ) -> FitResult:
+            """``target`` (default: the fitted energy, in place) at the selected penalty on
+            ``U_fit`` over ``base_``, then on ``U_fit`` ∪ ``U_check`` when ``on_all``."""
             return fit_convex(
-                energy,
-                U_tr,
-                U_val,
+                target,
+                U_fit,
+                U_check,
                 lambdas=[lam],
                 max_iter=it,
+                refit=on_all,
                 refit_max_iter=10 * it,
-                base=base,
-                progress=progress,
+                base=base_,
+                progress=progress if on_all else False,
                 parallel=par,
             )
 

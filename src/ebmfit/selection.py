@@ -61,6 +61,8 @@ __all__ = [
     "defend",
     "honest_log_partition",
     "log_partition_rule",
+    "mix_with_base",
+    "mixed_rows",
     "row_log_likelihood",
     "stack",
     "stack_weight",
@@ -230,8 +232,9 @@ DEFENSIVE_MIX = (MIX_FLOOR, 1e-2, 5e-2)
 MIX_CEIL = 1.0 - 1e-6
 
 
-def _mixed_rows(r: np.ndarray, r0: np.ndarray, eps: float) -> np.ndarray:
-    """log((1 − ε) e^r + ε e^{r0}) per row, stably."""
+def mixed_rows(r: np.ndarray, r0: np.ndarray, eps: float) -> np.ndarray:
+    """log((1 − ε) e^r + ε e^{r0}) per row (shapes (n,)), stably: the mixture's log-density
+    from its two parts'."""
     return np.logaddexp(math.log1p(-eps) + r, math.log(eps) + r0)
 
 
@@ -284,10 +287,12 @@ def stack(
     """
     r = row_log_likelihood(energy, base, U, logz)
     r0 = row_log_likelihood(ZeroEnergy(energy.dim), base, U, LogZ(0.0, 0.0, "exact", 0))
-    return _mixture(energy, logz, stack_weight(r, r0, floor))
+    return mix_with_base(energy, logz, stack_weight(r, r0, floor))
 
 
-def _mixture(energy: Energy, logz: LogZ, eps: float) -> tuple[DefensiveEnergy, LogZ]:
+def mix_with_base(energy: Energy, logz: LogZ, eps: float) -> tuple[DefensiveEnergy, LogZ]:
+    """:math:`(1-\\varepsilon) Q_V + \\varepsilon P` as an energy on P, with its log Z (0, with
+    ``(1 − ε)`` times the error of ``logz``)."""
     w = DefensiveEnergy(energy, logz.value, eps).to(energy.param_device())
     return w, LogZ(0.0, (1 - eps) * logz.stderr, logz.method, logz.n_evals, logz.bias)
 
@@ -309,8 +314,8 @@ def defend(
     """
     r = row_log_likelihood(energy, base, U_val, logz)  # log q_V(u) on the cube
     lb = row_log_likelihood(ZeroEnergy(energy.dim), base, U_val, LogZ(0.0, 0.0, "exact", 0))
-    best = max(grid, key=lambda e: float(np.mean(_mixed_rows(r, lb, e))))
-    return _mixture(energy, logz, best)
+    best = max(grid, key=lambda e: float(np.mean(mixed_rows(r, lb, e))))
+    return mix_with_base(energy, logz, best)
 
 
 def choose(
@@ -321,6 +326,7 @@ def choose(
     log_volume: float,
     margin_se: float | dict[str, float] = MARGIN_SE,
     mix: dict[str, float] | None = None,
+    scored_by: str = "",
     force: str | None = None,
 ) -> Selection:
     """Pick a candidate from per-row validation log-likelihoods (see the module docstring).
@@ -329,6 +335,8 @@ def choose(
     ``incumbent``: the name of the base alone; ``log_volume``: log |K| (user units);
     ``margin_se``: the margin in SE of the paired difference, one number or one per candidate
     (missing names: :data:`MARGIN_SE`); ``mix``: each candidate's ε, for the record;
+    ``scored_by``: how the rows were scored, put at the front of the rule (e.g.
+    ``"5-fold cross-fitted"``);
     ``force``: keep this candidate whatever the scores (they are still recorded).
     """
     margins = margin_se if isinstance(margin_se, dict) else dict.fromkeys(rows, margin_se)
@@ -363,6 +371,8 @@ def choose(
     else:
         m = next(iter(per.values()), MARGIN_SE)
         rule = f"beat the base by > {m:g} SE of the paired difference, then highest"
+    if scored_by:
+        rule = f"{scored_by}; {rule}"
     if force is not None:  # selection="none": the requested candidate, scored for the record
         best, rule = force, "none (the requested model is kept)"
     cands = [
