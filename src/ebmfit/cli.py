@@ -59,6 +59,11 @@ def _describe(e: BaseException) -> str:
     )
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings in the CLI: one ``warning: ...`` line on stderr, no source location."""
+    click.echo(f"warning: {_one_line(str(message))}", err=True)
+
+
 class _OneLineErrors(TyperGroup):
     """Click group whose every failure is one ``error:`` line on stderr and exit code 2."""
 
@@ -66,7 +71,9 @@ class _OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _NO_ARGS:
             return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
         except _CLICK_ERRORS as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._heldout import heldout_score
+from ._lattice import GridDataWarning, grid_columns, grid_message
 from ._validation import check_n_samples, check_params, resolve_device
 from .base import BaseMeasure, Uniform
 from .crossfit import CROSSFIT_FOLDS, CROSSFIT_MAX_ROWS, crossfit_rows
@@ -190,6 +192,10 @@ class EnergyDensity(DensityMixin, BaseEstimator):
     history_ : list of dict
     n_features_in_ : int
     fit_time_ : float
+    grid_columns_ : list of GridColumn
+        Columns whose values lie on a regular grid with few levels (``ebmfit._lattice``);
+        when any, ``fit`` also emits a :class:`GridDataWarning` (held-out log-densities at
+        grid values reward spikes: compare models on dequantized data).
     """
 
     def __init__(
@@ -303,6 +309,11 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         box = self._make_box(X)
         X = box.validate(X, clip=self.clip)
         d = X.shape[1]
+        grid = grid_columns(X)
+        if grid:
+            names = getattr(self, "feature_names_in_", None)
+            msg = grid_message(grid, None if names is None else [str(c) for c in names])
+            warnings.warn(GridDataWarning(msg), stacklevel=2)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(0, 2**31 - 1))
         device = resolve_device(self.device)
@@ -369,6 +380,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         self.history_ = [] if res is None else res.history
         self.stop_reason_ = "selected the base" if res is None else res.stop_reason
         self.fit_warnings_ = [] if res is None else list(res.warnings)
+        self.grid_columns_ = grid
         self.fit_time_ = time.perf_counter() - t0
         return self
 
