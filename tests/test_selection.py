@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ebmfit import EnergyDensity
 from ebmfit.base import LogitGMMBase, TruncatedGMMBase, Uniform
@@ -16,7 +18,14 @@ from ebmfit.energies import DefensiveEnergy, MLPEnergy, ResidualEnergy, ZeroEner
 from ebmfit.energies.base import tensor_grid
 from ebmfit.partition import gauss_legendre_1d, log_partition_importance
 from ebmfit.partition.quadrature import log_partition_quadrature
-from ebmfit.selection import Selection, choose, cube_oscillation, log_partition_rule
+from ebmfit.selection import (
+    MIX_FLOOR,
+    Selection,
+    choose,
+    cube_oscillation,
+    log_partition_rule,
+    stack_weight,
+)
 
 
 def _truth(d: int, k: int = 2) -> LogitGMMBase:
@@ -185,3 +194,78 @@ def test_high_dimensional_default_does_not_crash():
     assert est.selection_.chosen in ("base", "residual|base")
     S = est.sample(50, random_state=0)
     assert S.shape == (50, X.shape[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    shift=st.floats(-3, 3),
+    noise=st.floats(0.0, 3.0),
+    seed=st.integers(0, 2**16),
+)
+def test_stack_weight_maximises_the_mixture_likelihood(n, shift, noise, seed):
+    """ε* from bisection is the maximiser over [floor, ceil] of the concave mean log-mixture:
+    no point of a fine grid does better (to the objective's curvature at the 1e-10 step)."""
+    rng = np.random.default_rng(seed)
+    r0 = rng.normal(0, 1, n)
+    r = r0 + shift + noise * rng.normal(0, 1, n)
+    eps = stack_weight(r, r0)
+    assert MIX_FLOOR <= eps < 1.0
+
+    def f(e):
+        return float(np.mean(np.logaddexp(np.log1p(-e) + r, np.log(e) + r0)))
+
+    grid = np.concatenate([np.geomspace(MIX_FLOOR, 0.5, 400), 1 - np.geomspace(1e-6, 0.5, 400)])
+    assert f(eps) >= max(f(e) for e in grid) - 1e-9
+
+
+def test_stacking_is_never_below_the_base_on_its_rows_and_shrinks_to_it():
+    rng = np.random.default_rng(3)
+    r0 = rng.normal(0, 1, 500)
+    worse = r0 - 2.0 + rng.normal(0, 0.1, 500)  # a correction that only hurts: ε → 1
+    assert stack_weight(worse, r0) > 1 - 1e-5
+    better = r0 + 1.0 + rng.normal(0, 0.1, 500)  # one that always helps: ε at the floor
+    assert stack_weight(better, r0) == MIX_FLOOR
+    half = r0 + np.where(rng.random(500) < 0.5, 1.0, -1.0)  # helps half the rows: interior
+    eps = stack_weight(half, r0)
+    assert 0.05 < eps < 0.95
+    mixed = np.logaddexp(np.log1p(-eps) + half, np.log(eps) + r0)
+    assert mixed.mean() >= r0.mean()
+
+
+def test_stacked_margin_of_one_se_is_a_two_se_test_near_the_null():
+    """Near the null — where the stacked weight 1 − ε* of the correction is small — the stacked
+    δ̄/SE(δ̄) is about half the t-statistic of e^{ℓ_c−ℓ_0} − 1 (module docstring of
+    ebmfit.selection), so a 1-SE margin is a test at about 2 SE there."""
+    rng = np.random.default_rng(5)
+    ratios, halves = [], []
+    for _ in range(200):
+        r0 = rng.normal(0, 1, 2000)
+        # q/p = e^{r − r0} with E[q/p] = e^{0.01}: near the null E_p[q/p] = 1 (p the truth)
+        r = r0 + rng.normal(-0.045, 0.3, 2000) + 0.01
+        eps = stack_weight(r, r0)
+        d = np.logaddexp(np.log1p(-eps) + r, np.log(eps) + r0) - r0
+        z = np.expm1(r - r0)
+        t = z.mean() / (z.std(ddof=1) / np.sqrt(z.size))
+        if t > 0.5 and 1 - eps < 0.25:  # a small weight: the linearisation applies
+            ratios.append(d.mean() / (d.std(ddof=1) / np.sqrt(d.size)))
+            halves.append(t / 2)
+    assert len(ratios) > 50
+    np.testing.assert_allclose(ratios, halves, rtol=0.15)
+
+
+def test_few_scoring_rows_rule_out_a_candidate_on_another_base():
+    """40 rows (fewer than MIN_ROWS_OTHER_BASE even cross-fitted): spline|uniform is scored
+    and recorded but cannot be chosen, while the stacked spline|base still can."""
+    from ebmfit.selection import MIN_ROWS_OTHER_BASE
+
+    rng = np.random.default_rng(2)
+    a = rng.uniform(0, 2 * np.pi, 40)
+    X = np.c_[np.cos(a), np.sin(a)] * (1 + 0.05 * rng.normal(size=(40, 1)))
+    est = EnergyDensity(random_state=0).fit(X)
+    sel = est.selection_
+    assert sel.n_val == 40 < MIN_ROWS_OTHER_BASE and "cross-fitted" in sel.rule
+    assert sel.chosen != "spline|uniform"
+    assert "spline|uniform: inf" in sel.rule and "spline|base: 1" in sel.rule
+    other = next(c for c in sel.candidates if c.name == "spline|uniform")
+    assert math.isfinite(other.val_loglik) and other.mix is not None

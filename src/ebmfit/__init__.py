@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._lattice import GridDataWarning
 from .base import Uniform
 from .domain import Box, DataError
 from .model import EnergyModel
@@ -29,4 +30,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'ebmfit' has no attribute {name!r}")
 
 
-__all__ = ["Box", "DataError", "EnergyDensity", "EnergyModel", "LogZ", "Uniform", "__version__"]
+__all__ = [
+    "Box",
+    "DataError",
+    "EnergyDensity",
+    "EnergyModel",
+    "GridDataWarning",
+    "LogZ",
+    "Uniform",
+    "__version__",
+]

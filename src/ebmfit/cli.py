@@ -65,6 +65,18 @@ def _describe(e: BaseException) -> str:
     )
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """Warnings in the CLI: one ``warning: ...`` line on stderr, no source location."""
+    click.echo(f"warning: {_one_line(str(message))}", err=True)
+
+
 class _OneLineErrors(TyperGroup):
     """Click group whose every failure is one ``error:`` line on stderr and exit code 2."""
 
@@ -79,7 +91,9 @@ class _OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _NO_ARGS:
             return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
         except _CLICK_ERRORS as e:

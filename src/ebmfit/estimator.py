@@ -9,17 +9,24 @@ error of log Z.
 from __future__ import annotations
 
 import math
+import os
 import time
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._heldout import heldout_score
+from ._lattice import GridDataWarning, grid_columns, grid_message
 from ._validation import check_n_samples, check_params, resolve_device
-from .base import Uniform
+from .base import BaseMeasure, Uniform
+from .crossfit import CROSSFIT_FOLDS, CROSSFIT_MAX_ROWS, crossfit_rows
 from .domain import Box, DataError, check_matrix
 from .energies import (
     FAMILIES,
@@ -44,14 +51,27 @@ from .model import EnergyModel
 from .partition.quadrature import MAX_DIM
 from .partition.result import LogZ
 from .selection import (
+    DEFENSIVE_MIX,
+    MARGIN_SE,
+    MARGIN_STACKED,
+    MIN_ROWS_OTHER_BASE,
     Selection,
     choose,
     defend,
     honest_log_partition,
     log_partition_rule,
+    mix_with_base,
+    mixed_rows,
     row_log_likelihood,
+    stack,
+    stack_weight,
 )
 from .training._progress import Progress
+
+if TYPE_CHECKING:
+    from .checkpoint import RunCheckpoint
+    from .training import FitResult
+    from .training.parallel import ParallelContext
 
 __all__ = [
     "BASES",
@@ -172,28 +192,32 @@ class EnergyDensity(DensityMixin, BaseEstimator):
     history_ : list of dict
     n_features_in_ : int
     fit_time_ : float
+    grid_columns_ : list of GridColumn
+        Columns whose values lie on a regular grid with few levels (``ebmfit._lattice``);
+        when any, ``fit`` also emits a :class:`GridDataWarning` (held-out log-densities at
+        grid values reward spikes: compare models on dequantized data).
     """
 
     def __init__(
         self,
-        energy="auto",
+        energy: str | Energy = "auto",
         *,
-        energy_params=None,
-        low=None,
-        high=None,
-        margin=0.05,
-        clip=False,
-        validation_fraction=0.2,
-        max_iter=None,
-        lr=2e-3,
-        log_partition="auto",
-        random_state=None,
-        device=None,
-        verbose=False,
-        negative_phase="auto",
-        base="auto",
-        selection="auto",
-    ):
+        energy_params: dict | None = None,
+        low: ArrayLike | float | None = None,
+        high: ArrayLike | float | None = None,
+        margin: float = 0.05,
+        clip: bool = False,
+        validation_fraction: float = 0.2,
+        max_iter: int | None = None,
+        lr: float = 2e-3,
+        log_partition: str = "auto",
+        random_state: int | np.random.RandomState | None = None,
+        device: str | torch.device | None = None,
+        verbose: bool = False,
+        negative_phase: str | Callable[..., Any] = "auto",
+        base: str = "auto",
+        selection: str = "auto",
+    ) -> None:
         self.energy = energy
         self.energy_params = energy_params
         self.low = low
@@ -233,7 +257,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
             bounds.append(np.broadcast_to(v.reshape(-1), (d,)))
         return Box(*bounds)
 
-    def _check_X(self, X, *, reset: bool) -> np.ndarray:
+    def _check_X(self, X: ArrayLike, *, reset: bool) -> np.ndarray:
         # scikit-learn's validation first (sparse, complex, object, empty input; feature names),
         # then ours, which names the rows and columns holding NaN / inf
         X = validate_data(
@@ -252,7 +276,14 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         return X
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None, *, parallel=None, checkpoint=None):
+    def fit(
+        self,
+        X: ArrayLike,
+        y: object = None,
+        *,
+        parallel: ParallelContext | None = None,
+        checkpoint: RunCheckpoint | None = None,
+    ) -> EnergyDensity:
         """Fit the density to X of shape (n_samples, n_features). Returns self.
 
         Fits the base on the training split (its structure chosen on the validation split),
@@ -278,6 +309,11 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         box = self._make_box(X)
         X = box.validate(X, clip=self.clip)
         d = X.shape[1]
+        grid = grid_columns(X)
+        if grid:
+            names = getattr(self, "feature_names_in_", None)
+            msg = grid_message(grid, None if names is None else [str(c) for c in names])
+            warnings.warn(GridDataWarning(msg), stacklevel=2)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(0, 2**31 - 1))
         device = resolve_device(self.device)
@@ -320,21 +356,76 @@ class EnergyDensity(DensityMixin, BaseEstimator):
             energy.eval()
             fitted[name] = (energy, cbase, res, refit)
 
-        # every candidate on the validation rows, each with a log Z of its own honest rule
         g_val = torch.Generator(device=device).manual_seed(seed + 2)
-        # and every correction mixed with its base, (1 - ε) Q_V + ε P (a floor for gaps)
-        logz, rows, mix = {}, {}, {}
+        convex = all(f[3] is not None for k, f in fitted.items() if k != "base")
+        if (
+            self.selection == "auto"
+            and len(fitted) > 1
+            and convex
+            and 2 * CROSSFIT_FOLDS <= X.shape[0] <= CROSSFIT_MAX_ROWS
+        ):
+            energy, base, res, lz_known = self._select_crossfit(
+                fitted, base, U, seed, g_val, box.log_volume
+            )
+        else:
+            energy, base, res, lz_known = self._select_on_split(
+                fitted, base, U, U_tune, U_sel, seed, g_val, box.log_volume
+            )
+        self.energy_ = energy
+        self.domain_ = box
+        self.base_ = base
+        self.model_ = EnergyModel(energy, box, base)
+        self.log_partition_ = self._log_partition(self.log_partition, seed, device, lz_known)
+        self.n_iter_ = 0 if res is None else res.n_iter
+        self.history_ = [] if res is None else res.history
+        self.stop_reason_ = "selected the base" if res is None else res.stop_reason
+        self.fit_warnings_ = [] if res is None else list(res.warnings)
+        self.grid_columns_ = grid
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    def _select_on_split(
+        self,
+        fitted: dict,
+        base: BaseMeasure,
+        U: torch.Tensor,
+        U_tune: torch.Tensor,
+        U_sel: torch.Tensor,
+        seed: int,
+        g_val: torch.Generator,
+        log_volume: float,
+    ) -> tuple[Energy, BaseMeasure, FitResult | None, LogZ | None]:
+        """Score every candidate on the scoring half of the validation split, choose, refit.
+
+        Returns the chosen energy, its base, its fit result and its log Z (None: unknown)."""
+        # every candidate on the scoring rows, each with a log Z of its own honest rule, and
+        # every correction mixed with its base, (1 - ε) Q_V + ε P (a floor for gaps) —
+        # stacked on the scoring rows when P is the incumbent base, at an ε tuned on the
+        # tuning rows when it is another base (see ebmfit.selection)
+        logz, rows, mix, margins = {}, {}, {}, {}
         for name, (energy, cbase, res, refit) in fitted.items():
             lz = honest_log_partition(energy, cbase, generator=g_val)
             if name != "base" and self.selection == "auto":
-                energy, lz = defend(energy, cbase, U_tune, lz)
+                stacked = cbase is base
+                if stacked:
+                    energy, lz = stack(energy, cbase, U_sel, lz)
+                else:
+                    energy, lz = defend(energy, cbase, U_tune, lz)
+                few = U_sel.shape[0] < MIN_ROWS_OTHER_BASE
+                margins[name] = MARGIN_STACKED if stacked else math.inf if few else MARGIN_SE
                 mix[name] = energy.mix
                 fitted[name] = (energy, cbase, res, refit)
             logz[name] = lz
             rows[name] = row_log_likelihood(energy, cbase, U_sel, lz)
         force = None if self.selection == "auto" else next(k for k in fitted if k != "base")
         self.selection_ = choose(
-            rows, logz, incumbent="base", log_volume=box.log_volume, force=force
+            rows,
+            logz,
+            incumbent="base",
+            log_volume=log_volume,
+            margin_se=margins or MARGIN_SE,
+            mix=mix,
+            force=force,
         )
         chosen = self.selection_.chosen
         energy, base, res, refit = fitted[chosen]
@@ -347,20 +438,62 @@ class EnergyDensity(DensityMixin, BaseEstimator):
             res = refit()
             inner = energy.inner
             lz_inner = honest_log_partition(inner, base, generator=g_val)
-            energy, lz_known = defend(inner, base, U_tune, lz_inner, grid=(mix[chosen],))
-        self.energy_ = energy
-        self.domain_ = box
-        self.base_ = base
-        self.model_ = EnergyModel(energy, box, base)
-        self.log_partition_ = self._log_partition(self.log_partition, seed, device, lz_known)
-        self.n_iter_ = 0 if res is None else res.n_iter
-        self.history_ = [] if res is None else res.history
-        self.stop_reason_ = "selected the base" if res is None else res.stop_reason
-        self.fit_warnings_ = [] if res is None else list(res.warnings)
-        self.fit_time_ = time.perf_counter() - t0
-        return self
+            energy, lz_known = mix_with_base(inner, lz_inner, mix[chosen])
+        return energy, base, res, lz_known
 
-    def _candidates(self, d: int, base, seed: int, device):
+    def _select_crossfit(
+        self,
+        fitted: dict,
+        base: BaseMeasure,
+        U: torch.Tensor,
+        seed: int,
+        g_val: torch.Generator,
+        log_volume: float,
+    ) -> tuple[Energy, BaseMeasure, FitResult | None, LogZ | None]:
+        """Score the base and every convex candidate on all rows by cross-fitting
+        (:mod:`ebmfit.crossfit`), mix, choose, and refit the choice on all rows."""
+        cands = {k: (e, b, refit) for k, (e, b, _, refit) in fitted.items() if k != "base"}
+        raw, logz = crossfit_rows(cands, base, U, seed=seed, generator=g_val)
+        rows, mix, margins = {"base": raw["base"]}, {}, {}
+        n = U.shape[0]
+        for name, (_, cbase, _) in cands.items():
+            if cbase is base:  # stacked with the base it corrects
+                own = raw["base"]
+                eps = stack_weight(raw[name], own)
+                margins[name] = MARGIN_STACKED
+            else:  # mixed with its own (fixed) base at the best defensive weight
+                own = row_log_likelihood(
+                    ZeroEnergy(cbase.dim).to(U.device), cbase, U, LogZ(0.0, 0.0, "exact", 0)
+                )
+                eps = max(
+                    DEFENSIVE_MIX, key=lambda e: float(np.mean(mixed_rows(raw[name], own, e)))
+                )
+                margins[name] = math.inf if n < MIN_ROWS_OTHER_BASE else MARGIN_SE
+            rows[name] = mixed_rows(raw[name], own, eps)
+            mix[name] = eps
+        self.selection_ = choose(
+            rows,
+            logz,
+            incumbent="base",
+            log_volume=log_volume,
+            margin_se=margins,
+            mix=mix,
+            scored_by=f"{CROSSFIT_FOLDS}-fold cross-fitted rows",
+        )
+        chosen = self.selection_.chosen
+        if chosen == "base":
+            return fitted["base"][0], refit_base(base, U, seed), None, None
+        energy, cbase, _, refit = fitted[chosen]
+        b = refit_base(base, U, seed) if cbase is base else cbase
+        half = U.shape[0] // 2  # refit on all rows (the split only orders the two solves)
+        res = refit(b, U[:half], U[half:], on_all=True)
+        lz = honest_log_partition(energy, b, generator=g_val)
+        energy, lz_known = mix_with_base(energy, lz, mix[chosen])
+        return energy, b, res, lz_known
+
+    def _candidates(
+        self, d: int, base: BaseMeasure, seed: int, device: torch.device
+    ) -> list[tuple[str, Energy, BaseMeasure]]:
         """The policy: ``(name, energy, base)`` of every candidate beside the base alone."""
         if isinstance(self.energy, Energy):
             energy = self._copy_energy(self.energy)
@@ -386,7 +519,9 @@ class EnergyDensity(DensityMixin, BaseEstimator):
                 )
         return out
 
-    def _log_partition(self, method: str, seed: int, device, known: LogZ | None = None) -> LogZ:
+    def _log_partition(
+        self, method: str, seed: int, device: torch.device, known: LogZ | None = None
+    ) -> LogZ:
         """log Z of the fitted model by ``method`` (``"auto"``:
         :func:`~ebmfit.selection.log_partition_rule`)."""
         zero = self.energy_.family == "zero"
@@ -417,7 +552,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         return copy.deepcopy(energy)
 
     # ------------------------------------------------------------------ inference
-    def score_samples(self, X) -> np.ndarray:
+    def score_samples(self, X: ArrayLike) -> np.ndarray:
         """Normalized log-density of each row of X (shape (n,)), in X's coordinates.
 
         Rows outside the box get −inf (the density is zero there).
@@ -426,12 +561,14 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         X = self._check_X(X, reset=False)
         return self.model_.log_prob(X)
 
-    def score(self, X, y=None) -> float:
+    def score(self, X: ArrayLike, y: object = None) -> float:
         """Mean log-likelihood of the rows of X (with a box from the data, rows outside it are
         scored at the box, censored: see :mod:`ebmfit._heldout`)."""
         return heldout_score(self, X)
 
-    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
+    def sample(
+        self, n_samples: int = 1, random_state: int | np.random.RandomState | None = None
+    ) -> np.ndarray:
         """Samples from the fitted density, shape (n_samples, n_features).
 
         Exact (i.i.d.) for the uniform base when d ≤ 3 (rejection from an adaptive box
@@ -453,7 +590,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         return self.model_.sample(int(n_samples), generator=gen)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the fitted model to ``path`` (safetensors + JSON header; see :mod:`ebmfit.io`)."""
         from .io import save_model
 
@@ -472,7 +609,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         save_model(self.model_, path, extra=extra)
 
     @classmethod
-    def load(cls, path) -> EnergyDensity:
+    def load(cls, path: str | os.PathLike) -> EnergyDensity:
         """Load a model written by :meth:`save` (or the CLI) as a fitted estimator."""
         from .io import load_model_with_extra
 

@@ -21,9 +21,11 @@ import torch
 
 from .base import BaseMeasure, LogitGMMBase, TruncatedGMMBase, Uniform
 from .checkpoint import RunCheckpoint
+from .energies import Energy
 from .training import (
     FitResult,
     ImportanceNegatives,
+    Negatives,
     PersistentChains,
     ShiftedGridNegatives,
     ShortRunChains,
@@ -131,8 +133,12 @@ def refit_base(base: BaseMeasure, U_all: torch.Tensor, seed: int) -> BaseMeasure
 
 
 def make_negative_phase(
-    name: str, dim: int, base, U_train: torch.Tensor | None = None, is_draws: int = IS_DRAWS
-):
+    name: str,
+    dim: int,
+    base: BaseMeasure,
+    U_train: torch.Tensor | None = None,
+    is_draws: int = IS_DRAWS,
+) -> ShiftedGridNegatives | PersistentChains | ShortRunChains | ImportanceNegatives:
     """The negative-phase strategy called ``name`` (see ``EnergyDensity(negative_phase=...)``).
 
     ``"auto"`` is ``"exact"`` for d ≤ 3, ``"importance"`` above on a fitted base and
@@ -164,12 +170,12 @@ def make_negative_phase(
 
 
 def fit_energy(
-    energy,
+    energy: Energy,
     base: BaseMeasure,
     U_tr: torch.Tensor,
     U_val: torch.Tensor,
     *,
-    phase,
+    phase: str | Callable[..., Negatives],
     max_iter: int | None,
     lr: float,
     generator: torch.Generator,
@@ -179,7 +185,8 @@ def fit_energy(
 
     Linear energies with ``phase`` ``"auto"``/``"exact"`` are solved by
     :func:`~ebmfit.training.fit_convex` along its penalty path *without* the final refit; the
-    returned function refits on train ∪ validation at the selected penalty.  Everything else
+    returned function refits at the selected penalty: by default on train ∪ validation over
+    the same base, or on other rows over another base (cross-fitting, the final refit).  Everything else
     is trained by :func:`~ebmfit.training.fit_sgd` (no refit: early stopping used the
     validation rows).
     """
@@ -201,16 +208,26 @@ def fit_energy(
         )
         lam = res.history[res.best_iter]["lambda"]
 
-        def refit() -> FitResult:
+        def refit(
+            base_: BaseMeasure = base,
+            U_fit: torch.Tensor = U_tr,
+            U_check: torch.Tensor = U_val,
+            *,
+            on_all: bool = True,
+            target: Energy = energy,
+        ) -> FitResult:
+            """``target`` (default: the fitted energy, in place) at the selected penalty on
+            ``U_fit`` over ``base_``, then on ``U_fit`` ∪ ``U_check`` when ``on_all``."""
             return fit_convex(
-                energy,
-                U_tr,
-                U_val,
+                target,
+                U_fit,
+                U_check,
                 lambdas=[lam],
                 max_iter=it,
+                refit=on_all,
                 refit_max_iter=10 * it,
-                base=base,
-                progress=progress,
+                base=base_,
+                progress=progress if on_all else False,
                 parallel=par,
             )
 

@@ -27,10 +27,16 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from scipy import linalg as sla
+
+if TYPE_CHECKING:
+    from sklearn.mixture import GaussianMixture
 
 from .measure import BaseMeasure
 
@@ -42,7 +48,7 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _CHUNK_ELEMS = 1 << 22  # rows × components × d per evaluation chunk (bounded memory)
 
 
-def logit(u):
+def logit(u: np.ndarray) -> np.ndarray:
     """The clamped logit used by :class:`LogitGMMBase` (numpy or torch, float64)."""
     if isinstance(u, torch.Tensor):
         uc = u.to(torch.float64).clamp(_EPS, 1.0 - _EPS)
@@ -57,7 +63,7 @@ def _log_jacobian(u: np.ndarray) -> np.ndarray:
     return -np.sum(np.log(uc) + np.log1p(-uc), axis=1)
 
 
-def _chols_of(gm) -> np.ndarray:
+def _chols_of(gm: GaussianMixture) -> np.ndarray:
     """Lower Cholesky factors (K, d, d) of a fitted ``GaussianMixture``'s covariances."""
     k, d = gm.means_.shape
     cov = gm.covariances_
@@ -87,12 +93,12 @@ class LogitGMMBase(BaseMeasure):
 
     def __init__(
         self,
-        weights,
-        means,
-        chols,
+        weights: ArrayLike,
+        means: ArrayLike,
+        chols: ArrayLike,
         uniform_weight: float = 0.0,
         covariance_type: str = "full",
-    ):
+    ) -> None:
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
         m = np.atleast_2d(np.asarray(means, dtype=np.float64))
         c = np.asarray(chols, dtype=np.float64)
@@ -136,7 +142,7 @@ class LogitGMMBase(BaseMeasure):
         return int(self.weights.size)
 
     # ------------------------------------------------------------------ density
-    def _tensors(self, device):
+    def _tensors(self, device: torch.device | str | None):
         key = str(device)
         if key not in self._cache:
             t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
@@ -170,7 +176,12 @@ class LogitGMMBase(BaseMeasure):
 
     # ------------------------------------------------------------------ sampling
     def sample(
-        self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float64, device=None
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """``n`` exact draws, shape (n, d), in the closed cube; deterministic given ``generator``."""
         n = int(n)
@@ -194,7 +205,7 @@ class LogitGMMBase(BaseMeasure):
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def from_mixture(cls, gm, uniform_weight: float = 0.0) -> LogitGMMBase:
+    def from_mixture(cls, gm: GaussianMixture, uniform_weight: float = 0.0) -> LogitGMMBase:
         """Wrap a ``sklearn.mixture.GaussianMixture`` fitted on logit coordinates."""
         return cls(
             gm.weights_,
@@ -207,8 +218,8 @@ class LogitGMMBase(BaseMeasure):
     @classmethod
     def fit(
         cls,
-        U,
-        U_val=None,
+        U: ArrayLike | torch.Tensor,
+        U_val: ArrayLike | torch.Tensor | None = None,
         *,
         covariance_types: tuple[str, ...] = ("full", "tied", "diag"),
         max_components: int = 32,
@@ -262,7 +273,7 @@ class LogitGMMBase(BaseMeasure):
         seed = None if random_state is None else int(random_state) % (2**31)
         info: list[dict] = []
 
-        def fit_one(k, cov, reg, Y_=Y_fit, **init):
+        def fit_one(k: int, cov: str, reg: float, Y_: np.ndarray = Y_fit, **init: str):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ConvergenceWarning: the score decides
                 return GaussianMixture(
@@ -304,7 +315,7 @@ class LogitGMMBase(BaseMeasure):
 
         tried: dict = {}
 
-        def rows_of(k, cov, reg):
+        def rows_of(k: int, cov: str, reg: float):
             """Held-out log g(y) per scored row (validation rows, or out-of-fold rows)."""
             if not use_cv:
                 gm = fit_one(k, cov, reg)
@@ -316,7 +327,7 @@ class LogitGMMBase(BaseMeasure):
                 out[f] = fit_one(k, cov, reg, Y_=Yp[mask]).score_samples(Yp[f])
             return out, None
 
-        def score(k, cov, reg):
+        def score(k: int, cov: str, reg: float):
             if (k, cov, reg) in tried:
                 return tried[k, cov, reg][:2]
             try:
@@ -385,7 +396,7 @@ class LogitGMMBase(BaseMeasure):
         }
         return base
 
-    def refit(self, U, *, random_state: int | None = 0) -> LogitGMMBase:
+    def refit(self, U: ArrayLike | torch.Tensor, *, random_state: int | None = 0) -> LogitGMMBase:
         """The structure chosen by :meth:`fit` (type, K, ε, :math:`w_0`) refitted on ``U``."""
         from sklearn.mixture import GaussianMixture
 
@@ -461,7 +472,7 @@ def _k_path(k_cap: int) -> list[int]:
     return [k for k in ks if k <= k_cap] or [1]
 
 
-def _refit(fit_one, gm, Y: np.ndarray, reg: float):
+def _refit(fit_one: Callable[..., GaussianMixture], gm: GaussianMixture, Y: np.ndarray, reg: float):
     """Refit a mixture chosen on a subsample on all rows, started from its own parameters."""
     init = {
         "weights_init": gm.weights_,
@@ -474,7 +485,7 @@ def _refit(fit_one, gm, Y: np.ndarray, reg: float):
         return gm
 
 
-def _as_numpy(U) -> np.ndarray:
+def _as_numpy(U: ArrayLike | torch.Tensor) -> np.ndarray:
     if isinstance(U, torch.Tensor):
         U = U.detach().cpu().numpy()
     return np.asarray(U, dtype=np.float64)

@@ -23,7 +23,12 @@ class BaseMeasure:
         raise NotImplementedError
 
     def sample(
-        self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float64, device=None
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
     ) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -38,7 +43,7 @@ class BaseMeasure:
 class Uniform(BaseMeasure):
     r"""The uniform (Lebesgue) measure on :math:`[0,1]^d`: :math:`\log dP/du = 0` inside."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int) -> None:
         self.dim = int(dim)
 
     def log_prob(self, u: torch.Tensor) -> torch.Tensor:
@@ -47,7 +52,12 @@ class Uniform(BaseMeasure):
         return torch.where(inside, zero, torch.full_like(zero, -torch.inf))
 
     def sample(
-        self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float64, device=None
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
     ) -> torch.Tensor:
         device = (
             device if device is not None else (generator.device if generator is not None else None)

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from scipy import special
 
 from .measure import BaseMeasure
@@ -77,7 +78,9 @@ class TruncatedGMMBase(BaseMeasure):
             :math:`1 - w_0`.
     """
 
-    def __init__(self, weights, means, stds, uniform_weight: float = 0.0):
+    def __init__(
+        self, weights: ArrayLike, means: ArrayLike, stds: ArrayLike, uniform_weight: float = 0.0
+    ) -> None:
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
         m = np.atleast_2d(np.asarray(means, dtype=np.float64))
         s = np.atleast_2d(np.asarray(stds, dtype=np.float64))
@@ -110,7 +113,7 @@ class TruncatedGMMBase(BaseMeasure):
     @classmethod
     def fit(
         cls,
-        U,
+        U: ArrayLike,
         *,
         n_components: int | str = "bic",
         max_components: int = 8,
@@ -158,7 +161,7 @@ class TruncatedGMMBase(BaseMeasure):
         return cls(w, means, stds, uniform_weight=uniform_weight)
 
     # ------------------------------------------------------------------ density
-    def _tensors(self, dtype, device):
+    def _tensors(self, dtype: torch.dtype, device: torch.device | str | None):
         key = (dtype, str(device))
         if key not in self._cache:
             t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
@@ -182,7 +185,12 @@ class TruncatedGMMBase(BaseMeasure):
 
     # ------------------------------------------------------------------ sampling
     def sample(
-        self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float64, device=None
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """``n`` exact draws, shape (n, d), inside the cube; deterministic given ``generator``."""
         n = int(n)

@@ -42,7 +42,7 @@ class ResidualEnergy(Energy):
 
     family = "residual"
 
-    def __init__(self, inner: Energy | dict, bound: float = 3.0, zero_init: bool = False):
+    def __init__(self, inner: Energy | dict, bound: float = 3.0, zero_init: bool = False) -> None:
         super().__init__()
         if isinstance(inner, dict):
             from . import make_energy
