@@ -24,7 +24,10 @@ class ZeroEnergy(Energy):
         return {"family": self.family, "dim": self.dim}
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(u.shape[:-1], dtype=self._anchor.dtype, device=u.device)
+        z = torch.zeros(u.shape[:-1], dtype=self._anchor.dtype, device=u.device)
+        if u.requires_grad:  # a graph to u with a zero gradient (gradient samplers, AIS)
+            z = z + 0.0 * torch.nan_to_num(u, 0.0, 0.0, 0.0).sum(-1).to(z.dtype)
+        return z
 
     @torch.no_grad()
     def interval_bounds(
