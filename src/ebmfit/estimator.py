@@ -26,7 +26,7 @@ from ._heldout import heldout_score
 from ._lattice import GridDataWarning, grid_columns, grid_message
 from ._validation import check_n_samples, check_params, resolve_device
 from .base import BaseMeasure, Uniform
-from .crossfit import CROSSFIT_FOLDS, CROSSFIT_MAX_ROWS, crossfit_rows
+from .crossfit import CROSSFIT_FOLDS, CROSSFIT_MAX_DIM, CROSSFIT_MAX_ROWS, crossfit_rows
 from .domain import Box, DataError, check_matrix
 from .energies import (
     FAMILIES,
@@ -362,6 +362,7 @@ class EnergyDensity(DensityMixin, BaseEstimator):
             self.selection == "auto"
             and len(fitted) > 1
             and convex
+            and d <= CROSSFIT_MAX_DIM
             and 2 * CROSSFIT_FOLDS <= X.shape[0] <= CROSSFIT_MAX_ROWS
         ):
             energy, base, res, lz_known = self._select_crossfit(
