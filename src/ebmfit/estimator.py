@@ -166,16 +166,17 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         importance sampling from the base.  Linear energies with ``"auto"``/``"exact"`` are
         fitted by the convex solver; with another choice by SGD.  A strategy object
         (``strategy(energy, generator) -> Negatives``) is used as given (copied).
-    base : {"auto", "uniform", "gmm"}, default="auto"
-        The base measure P of p ∝ e^(−V) dP.  ``"auto"`` is ``"uniform"`` for d ≤ 3 (where
-        the exact convex fit needs no help) and ``"gmm"`` above (measured in
-        ``benchmarks/density_nd.py``).  ``"gmm"`` first fits a
-        :class:`~ebmfit.base.TruncatedGMMBase` (diagonal Gaussian mixture truncated to the box,
-        components by BIC, exact normalizer and sampler) to the training split, so V only
-        learns a correction; chains, importance sampling and AIS then start from it.  With a
-        linear energy (d ≤ 3) the convex fit penalises V towards the base (a parametric start
-        with a nonparametric correction); above d = 3 ``"auto"`` becomes the MLP, with
-        Fourier-feature scale 0.5 (a correction to a fitted base is smooth).
+    base : {"auto", "logit_gmm", "gmm", "truncated_gmm", "flow", "uniform"}, default="auto"
+        The base measure P of p ∝ e^(−V) dP, fitted on the training split (structure chosen
+        on the validation split; see ``docs/selection.md``).  ``"logit_gmm"``: a full, tied or
+        diagonal Gaussian mixture in logit coordinates mixed with the uniform
+        (:class:`~ebmfit.base.LogitGMMBase`); ``"gmm"``/``"truncated_gmm"``: a diagonal
+        Gaussian mixture truncated to the box, components by BIC
+        (:class:`~ebmfit.base.TruncatedGMMBase`); ``"auto"``: whichever of these two has the
+        higher validation log-likelihood (the logit mixture on ties; its score is the
+        optimistic one); ``"flow"``: a zuko spline flow where it beats the logit mixture
+        (``pip install ebmfit[flows]``); ``"uniform"``: no base.  Every base is exactly
+        normalized and sampled, so the base alone is always a candidate of the selection.
 
     Attributes
     ----------
