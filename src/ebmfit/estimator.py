@@ -125,6 +125,10 @@ def default_energy(family: str, dim: int, params: dict | None = None) -> Energy:
     )
 
 
+#: The ``LogZ.method`` each rule of ``log_partition`` produces.
+_RULE_METHOD = {"quadrature": "gauss-legendre", "importance": "importance", "ais": "ais-forward"}
+
+
 class EnergyDensity(DensityMixin, BaseEstimator):
     """Energy-based density estimator on a box (scikit-learn API).
 
@@ -525,27 +529,16 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         self, method: str, seed: int, device: torch.device, known: LogZ | None = None
     ) -> LogZ:
         """log Z of the fitted model by ``method`` (``"auto"``:
-        :func:`~ebmfit.selection.log_partition_rule`)."""
-        zero = self.energy_.family == "zero"
+        :func:`~ebmfit.partition.auto.log_partition_rule`, the one rule of the estimator and
+        of :meth:`EnergyModel.log_partition`); ``known``: the selection's own estimate, kept
+        when it came from that very rule."""
         if method == "auto":
             method = log_partition_rule(self.energy_, self.base_)
-        if method == "exact":
-            if not zero:
-                raise ValueError("log_partition='exact' needs V = 0 (the base alone)")
-            lz = LogZ(0.0, 0.0, "exact", 0, "none")
-        elif known is not None and known.method == method:
-            lz = known  # the selection already computed it by this very rule
-        elif method in ("ais", "importance"):
-            from .partition import log_partition_ais, log_partition_importance
-
-            gen = torch.Generator(device=device).manual_seed(seed + 1)
-            fn = log_partition_ais if method == "ais" else log_partition_importance
-            lz = fn(self.energy_, self.base_, generator=gen)
-        else:
-            kwargs = {"random_state": seed} if method == "qmc" else {}
-            return self.model_.log_partition(method=method, **kwargs)
-        self.model_.log_partition_ = lz
-        return lz
+        if known is not None and known.method == _RULE_METHOD.get(method):
+            self.model_.log_partition_ = known
+            return known
+        gen = torch.Generator(device=device).manual_seed(seed + 1)
+        return self.model_.log_partition(method, generator=gen, random_state=seed)
 
     @staticmethod
     def _copy_energy(energy: Energy) -> Energy:
