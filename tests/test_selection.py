@@ -289,3 +289,17 @@ def test_the_base_alone_runs_through_gradient_samplers_and_ais():
         V, base, n_chains=256, n_temps=16, generator=torch.Generator().manual_seed(1)
     )
     assert abs(lz.value) <= 4 * lz.stderr + 1e-9
+
+
+def test_auto_base_rival_family_needs_two_standard_errors():
+    from ebmfit.fitting import best_on_validation
+
+    truth = _truth(3)
+    U = truth.sample(400, generator=torch.Generator().manual_seed(3))
+    # a much better rival replaces the incumbent; a much worse one does not
+    assert best_on_validation([Uniform(3), truth], U) is truth
+    assert best_on_validation([truth, Uniform(3)], U) is truth
+    # a rival within noise of the incumbent (the same family, slightly moved) on 20 rows
+    moved = LogitGMMBase(truth.weights, truth.means + 0.02, truth.chols)
+    inc = LogitGMMBase(truth.weights, truth.means - 0.02, truth.chols)
+    assert best_on_validation([inc, moved], U[:20]) is inc
