@@ -26,7 +26,8 @@ from ._heldout import heldout_score
 from ._lattice import GridDataWarning, grid_columns, grid_message
 from ._validation import check_n_samples, check_params, resolve_device
 from .base import BaseMeasure, Uniform
-from .crossfit import CROSSFIT_FOLDS, CROSSFIT_MAX_DIM, CROSSFIT_MAX_ROWS, crossfit_rows
+from .choice import choose_by_crossfit, choose_on_split
+from .crossfit import CROSSFIT_FOLDS, CROSSFIT_MAX_DIM, CROSSFIT_MAX_ROWS
 from .domain import Box, DataError, check_matrix
 from .energies import (
     FAMILIES,
@@ -44,33 +45,19 @@ from .fitting import (
     fit_base,
     fit_energy,
     make_negative_phase,
-    refit_base,
     running,
 )
 from .model import EnergyModel
 from .partition.quadrature import MAX_DIM
 from .partition.result import LogZ
 from .selection import (
-    DEFENSIVE_MIX,
-    MARGIN_SE,
-    MARGIN_STACKED,
-    MIN_ROWS_OTHER_BASE,
     Selection,
-    choose,
-    defend,
-    honest_log_partition,
     log_partition_rule,
-    mix_with_base,
-    mixed_rows,
-    row_log_likelihood,
-    stack,
-    stack_weight,
 )
 from .training._progress import Progress
 
 if TYPE_CHECKING:
     from .checkpoint import RunCheckpoint
-    from .training import FitResult
     from .training.parallel import ParallelContext
 
 __all__ = [
@@ -370,13 +357,24 @@ class EnergyDensity(DensityMixin, BaseEstimator):
             and d <= CROSSFIT_MAX_DIM
             and 2 * CROSSFIT_FOLDS <= X.shape[0] <= CROSSFIT_MAX_ROWS
         ):
-            energy, base, res, lz_known = self._select_crossfit(
-                fitted, base, U, seed, g_val, box.log_volume
+            choice = choose_by_crossfit(
+                fitted, base, U, seed=seed, generator=g_val, log_volume=box.log_volume
             )
         else:
-            energy, base, res, lz_known = self._select_on_split(
-                fitted, base, U, U_tune, U_sel, seed, g_val, box.log_volume
+            force = None if self.selection == "auto" else next(k for k in fitted if k != "base")
+            choice = choose_on_split(
+                fitted,
+                base,
+                U,
+                U_tune,
+                U_sel,
+                seed=seed,
+                generator=g_val,
+                log_volume=box.log_volume,
+                force=force,
             )
+        self.selection_ = choice.selection
+        energy, base, res, lz_known = choice.energy, choice.base, choice.result, choice.log_z
         self.energy_ = energy
         self.domain_ = box
         self.base_ = base
@@ -389,113 +387,6 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         self.grid_columns_ = grid
         self.fit_time_ = time.perf_counter() - t0
         return self
-
-    def _select_on_split(
-        self,
-        fitted: dict,
-        base: BaseMeasure,
-        U: torch.Tensor,
-        U_tune: torch.Tensor,
-        U_sel: torch.Tensor,
-        seed: int,
-        g_val: torch.Generator,
-        log_volume: float,
-    ) -> tuple[Energy, BaseMeasure, FitResult | None, LogZ | None]:
-        """Score every candidate on the scoring half of the validation split, choose, refit.
-
-        Returns the chosen energy, its base, its fit result and its log Z (None: unknown)."""
-        # every candidate on the scoring rows, each with a log Z of its own honest rule, and
-        # every correction mixed with its base, (1 - ε) Q_V + ε P (a floor for gaps) —
-        # stacked on the scoring rows when P is the incumbent base, at an ε tuned on the
-        # tuning rows when it is another base (see ebmfit.selection)
-        logz, rows, mix, margins = {}, {}, {}, {}
-        for name, (energy, cbase, res, refit) in fitted.items():
-            lz = honest_log_partition(energy, cbase, generator=g_val)
-            if name != "base" and self.selection == "auto":
-                stacked = cbase is base
-                if stacked:
-                    energy, lz = stack(energy, cbase, U_sel, lz)
-                else:
-                    energy, lz = defend(energy, cbase, U_tune, lz)
-                few = U_sel.shape[0] < MIN_ROWS_OTHER_BASE
-                margins[name] = MARGIN_STACKED if stacked else math.inf if few else MARGIN_SE
-                mix[name] = energy.mix
-                fitted[name] = (energy, cbase, res, refit)
-            logz[name] = lz
-            rows[name] = row_log_likelihood(energy, cbase, U_sel, lz)
-        force = None if self.selection == "auto" else next(k for k in fitted if k != "base")
-        self.selection_ = choose(
-            rows,
-            logz,
-            incumbent="base",
-            log_volume=log_volume,
-            margin_se=margins or MARGIN_SE,
-            mix=mix,
-            force=force,
-        )
-        chosen = self.selection_.chosen
-        energy, base, res, refit = fitted[chosen]
-        lz_known = logz[chosen]
-        if chosen == "base":
-            base = refit_base(base, U, seed)
-        elif refit is not None and chosen not in mix:  # selection="none": refit only
-            res, lz_known = refit(), None
-        elif refit is not None:  # refit V on train ∪ tuning rows, renormalize and re-mix
-            res = refit()
-            inner = energy.inner
-            lz_inner = honest_log_partition(inner, base, generator=g_val)
-            energy, lz_known = mix_with_base(inner, lz_inner, mix[chosen])
-        return energy, base, res, lz_known
-
-    def _select_crossfit(
-        self,
-        fitted: dict,
-        base: BaseMeasure,
-        U: torch.Tensor,
-        seed: int,
-        g_val: torch.Generator,
-        log_volume: float,
-    ) -> tuple[Energy, BaseMeasure, FitResult | None, LogZ | None]:
-        """Score the base and every convex candidate on all rows by cross-fitting
-        (:mod:`ebmfit.crossfit`), mix, choose, and refit the choice on all rows."""
-        cands = {k: (e, b, refit) for k, (e, b, _, refit) in fitted.items() if k != "base"}
-        raw, logz = crossfit_rows(cands, base, U, seed=seed, generator=g_val)
-        rows, mix, margins = {"base": raw["base"]}, {}, {}
-        n = U.shape[0]
-        for name, (_, cbase, _) in cands.items():
-            if cbase is base:  # stacked with the base it corrects
-                own = raw["base"]
-                eps = stack_weight(raw[name], own)
-                margins[name] = MARGIN_STACKED
-            else:  # mixed with its own (fixed) base at the best defensive weight
-                own = row_log_likelihood(
-                    ZeroEnergy(cbase.dim).to(U.device), cbase, U, LogZ(0.0, 0.0, "exact", 0)
-                )
-                eps = max(
-                    DEFENSIVE_MIX, key=lambda e: float(np.mean(mixed_rows(raw[name], own, e)))
-                )
-                margins[name] = math.inf if n < MIN_ROWS_OTHER_BASE else MARGIN_SE
-            rows[name] = mixed_rows(raw[name], own, eps)
-            mix[name] = eps
-        self.selection_ = choose(
-            rows,
-            logz,
-            incumbent="base",
-            log_volume=log_volume,
-            margin_se=margins,
-            mix=mix,
-            scored_by=f"{CROSSFIT_FOLDS}-fold cross-fitted rows",
-        )
-        chosen = self.selection_.chosen
-        if chosen == "base":
-            return fitted["base"][0], refit_base(base, U, seed), None, None
-        energy, cbase, _, refit = fitted[chosen]
-        b = refit_base(base, U, seed) if cbase is base else cbase
-        half = U.shape[0] // 2  # refit on all rows (the split only orders the two solves)
-        res = refit(b, U[:half], U[half:], on_all=True)
-        lz = honest_log_partition(energy, b, generator=g_val)
-        energy, lz_known = mix_with_base(energy, lz, mix[chosen])
-        return energy, b, res, lz_known
 
     def _candidates(
         self, d: int, base: BaseMeasure, seed: int, device: torch.device
