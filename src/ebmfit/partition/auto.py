@@ -36,6 +36,7 @@ __all__ = [
     "cube_oscillation",
     "log_partition",
     "log_partition_rule",
+    "resolve_method",
 ]
 
 #: Above this oscillation of V over the cube (nats), importance weights from the base are not
@@ -74,6 +75,21 @@ def log_partition_rule(energy: Energy, base: BaseMeasure) -> str:
     return "importance" if cube_oscillation(energy) <= MAX_IS_OSCILLATION else "ais"
 
 
+def resolve_method(energy: Energy, base: BaseMeasure, method: str) -> str:
+    """The rule ``method`` names, ``"auto"`` resolved by :func:`log_partition_rule`; a
+    ``ValueError`` for an unknown name, or for ``"exact"`` unless V ≡ 0."""
+    if method not in LOG_PARTITION_METHODS:
+        raise ValueError(
+            f"unknown log-partition method {method!r}: use one of "
+            + ", ".join(repr(m) for m in LOG_PARTITION_METHODS)
+        )
+    if method == "auto":
+        method = log_partition_rule(energy, base)
+    if method == "exact" and getattr(energy, "family", None) != "zero":
+        raise ValueError("log_partition='exact' needs V = 0 (the base alone)")
+    return method
+
+
 def log_partition(
     energy: Energy,
     base: BaseMeasure | None = None,
@@ -91,16 +107,8 @@ def log_partition(
     entropy).  Extra keyword arguments go to the estimator.
     """
     base = base if base is not None else Uniform(energy.dim)
-    if method not in LOG_PARTITION_METHODS:
-        raise ValueError(
-            f"unknown log-partition method {method!r}: use one of "
-            + ", ".join(repr(m) for m in LOG_PARTITION_METHODS)
-        )
-    if method == "auto":
-        method = log_partition_rule(energy, base)
+    method = resolve_method(energy, base, method)
     if method == "exact":
-        if getattr(energy, "family", None) != "zero":
-            raise ValueError("log_partition='exact' needs V = 0 (the base alone)")
         return LogZ(0.0, 0.0, "exact", 0, "none")
     if method == "quadrature":
         return log_partition_quadrature(energy, base, **kwargs)

@@ -25,7 +25,7 @@ from ..base import BaseMeasure, Uniform
 from ..energies.base import Energy
 from ..grid import gauss_legendre_1d
 from ..partition.ais import log_partition_ais
-from ..partition.auto import LOG_PARTITION_METHODS, log_partition_rule
+from ..partition.auto import resolve_method
 from ..partition.importance import combine_batches, log_weight_stats
 from ..partition.qmc import combine_replicates, log_integrand
 from ..partition.quadrature import MAX_DIM, check_log_partition, default_resolution
@@ -353,16 +353,8 @@ def log_partition_distributed(
     """
     ctx = ctx or current_context()
     base = base if base is not None else Uniform(energy.dim)
-    if method not in LOG_PARTITION_METHODS:
-        raise ValueError(
-            f"unknown log-partition method {method!r}: use one of "
-            + ", ".join(repr(m) for m in LOG_PARTITION_METHODS)
-        )
-    if method == "auto":
-        method = log_partition_rule(energy, base)
+    method = resolve_method(energy, base, method)
     if method == "exact":
-        if getattr(energy, "family", None) != "zero":
-            raise ValueError("log_partition='exact' needs V = 0 (the base alone)")
         return LogZ(0.0, 0.0, "exact", 0, "none")
     if method == "quadrature":
         lz = log_partition_quadrature_distributed(energy, base, ctx)
