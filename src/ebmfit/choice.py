@@ -13,12 +13,11 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from .base import BaseMeasure
 from .crossfit import CROSSFIT_FOLDS, crossfit_rows
-from .energies import Energy, ZeroEnergy
+from .energies import Energy
 from .fitting import refit_base
 from .partition.result import LogZ
 from .selection import (
@@ -27,6 +26,8 @@ from .selection import (
     MARGIN_STACKED,
     MIN_ROWS_OTHER_BASE,
     Selection,
+    base_rows,
+    best_mix,
     choose,
     defend,
     honest_log_partition,
@@ -136,10 +137,8 @@ def choose_by_crossfit(
             eps = stack_weight(raw[name], own)
             margins[name] = MARGIN_STACKED
         else:  # mixed with its own (fixed) base at the best defensive weight
-            own = row_log_likelihood(
-                ZeroEnergy(cbase.dim).to(U.device), cbase, U, LogZ(0.0, 0.0, "exact", 0)
-            )
-            eps = max(DEFENSIVE_MIX, key=lambda e: float(np.mean(mixed_rows(raw[name], own, e))))
+            own = base_rows(cbase, U)
+            eps = best_mix(raw[name], own, DEFENSIVE_MIX)
             margins[name] = math.inf if n < MIN_ROWS_OTHER_BASE else MARGIN_SE
         rows[name] = mixed_rows(raw[name], own, eps)
         mix[name] = eps

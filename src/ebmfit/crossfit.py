@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from .base import BaseMeasure
-from .energies import Energy, ZeroEnergy
+from .energies import Energy
 from .fitting import refit_base
 from .partition.result import LogZ
-from .selection import honest_log_partition, row_log_likelihood
+from .selection import base_rows, honest_log_partition, row_log_likelihood
 
 __all__ = ["CROSSFIT_FOLDS", "CROSSFIT_MAX_DIM", "CROSSFIT_MAX_ROWS", "crossfit_rows"]
 
@@ -51,12 +51,6 @@ CROSSFIT_MAX_ROWS = 20_000
 #: ``(energy, its base, its refit function)`` of one convex candidate (see
 #: :func:`~ebmfit.fitting.fit_energy`).
 Candidate = tuple[Energy, BaseMeasure, Callable[..., object]]
-
-
-@torch.no_grad()
-def _base_rows(base: BaseMeasure, U: torch.Tensor) -> np.ndarray:
-    d = U.shape[1]
-    return row_log_likelihood(ZeroEnergy(d), base, U, LogZ(0.0, 0.0, "exact", 0))
 
 
 def crossfit_rows(
@@ -96,7 +90,7 @@ def crossfit_rows(
         mask[idx] = False
         U_in, U_out = U[mask], U[idx]
         base_k = refit_base(base, U_in, seed)
-        rows["base"][f] = _base_rows(base_k, U_out)
+        rows["base"][f] = base_rows(base_k, U_out)
         weights.append(f.size / n)
         for name, (energy, cbase, refit) in candidates.items():
             b = base_k if cbase is base else cbase

@@ -57,6 +57,8 @@ __all__ = [
     "MIX_FLOOR",
     "CandidateScore",
     "Selection",
+    "base_rows",
+    "best_mix",
     "choose",
     "cube_oscillation",
     "defend",
@@ -215,6 +217,18 @@ def mixed_rows(r: np.ndarray, r0: np.ndarray, eps: float) -> np.ndarray:
     return np.logaddexp(math.log1p(-eps) + r, math.log(eps) + r0)
 
 
+@torch.no_grad()
+def base_rows(base: BaseMeasure, U: torch.Tensor) -> np.ndarray:
+    """log p(u) of the base alone (V ≡ 0, log Z = 0) per row of U (shape (n, d)) → (n,)."""
+    zero = ZeroEnergy(U.shape[1]).to(U.device)
+    return row_log_likelihood(zero, base, U, LogZ(0.0, 0.0, "exact", 0))
+
+
+def best_mix(r: np.ndarray, r0: np.ndarray, grid: tuple[float, ...]) -> float:
+    """The ε of ``grid`` maximising the mean of :func:`mixed_rows` ``(r, r0, ε)``."""
+    return max(grid, key=lambda e: float(np.mean(mixed_rows(r, r0, e))))
+
+
 def stack_weight(r: np.ndarray, r0: np.ndarray, floor: float = MIX_FLOOR) -> float:
     r"""The weight :math:`\varepsilon^* = \arg\max_{\varepsilon \in [\text{floor}, 1)}
     \frac1n \sum_i \log\big((1-\varepsilon) e^{r_i} + \varepsilon e^{r_{0,i}}\big)`.
@@ -263,7 +277,7 @@ def stack(
     (0, with ``(1 − ε*)`` times the error of ``logz``), as :func:`defend` does.
     """
     r = row_log_likelihood(energy, base, U, logz)
-    r0 = row_log_likelihood(ZeroEnergy(energy.dim), base, U, LogZ(0.0, 0.0, "exact", 0))
+    r0 = base_rows(base, U)
     return mix_with_base(energy, logz, stack_weight(r, r0, floor))
 
 
@@ -290,9 +304,7 @@ def defend(
     its log Z: 0, with ``(1 − ε)`` times the error of ``logz`` (see that class).
     """
     r = row_log_likelihood(energy, base, U_val, logz)  # log q_V(u) on the cube
-    lb = row_log_likelihood(ZeroEnergy(energy.dim), base, U_val, LogZ(0.0, 0.0, "exact", 0))
-    best = max(grid, key=lambda e: float(np.mean(mixed_rows(r, lb, e))))
-    return mix_with_base(energy, logz, best)
+    return mix_with_base(energy, logz, best_mix(r, base_rows(base, U_val), grid))
 
 
 def choose(

@@ -31,11 +31,23 @@ from .result import ISDiagnostics, LogZ
 
 __all__ = [
     "ISDiagnostics",
+    "check_draws",
     "check_generator_device",
     "combine_batches",
     "log_partition_importance",
     "log_weight_stats",
 ]
+
+
+def check_draws(n_samples: int, n_batches: int) -> tuple[int, int]:
+    """``(n_samples, n_batches)`` as ints; ``ValueError`` unless both are ≥ 1 with ≥ 2 draws."""
+    n_samples, n_batches = int(n_samples), int(n_batches)
+    if n_samples < 1 or n_batches < 1 or n_samples * n_batches < 2:
+        raise ValueError(
+            f"need n_samples >= 1, n_batches >= 1 and at least 2 draws; got {n_samples}, "
+            f"{n_batches}"
+        )
+    return n_samples, n_batches
 
 
 def check_generator_device(generator: torch.Generator, device: torch.device) -> None:
@@ -104,12 +116,7 @@ def log_partition_importance(
     """
     d = energy.dim
     base = base if base is not None else Uniform(d)
-    n_samples, n_batches = int(n_samples), int(n_batches)
-    if n_samples < 1 or n_batches < 1 or n_samples * n_batches < 2:
-        raise ValueError(
-            f"need n_samples >= 1, n_batches >= 1 and at least 2 draws; got {n_samples}, "
-            f"{n_batches}"
-        )
+    n_samples, n_batches = check_draws(n_samples, n_batches)
     dev = energy.param_device()
     check_generator_device(generator, dev)
     l1s, l2s, maxs = [], [], []

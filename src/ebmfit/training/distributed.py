@@ -26,7 +26,7 @@ from ..energies.base import Energy
 from ..grid import gauss_legendre_1d
 from ..partition.ais import log_partition_ais
 from ..partition.auto import resolve_method
-from ..partition.importance import combine_batches, log_weight_stats
+from ..partition.importance import check_draws, combine_batches, log_weight_stats
 from ..partition.qmc import combine_replicates, log_integrand
 from ..partition.quadrature import MAX_DIM, check_log_partition, default_resolution
 from ..partition.result import AISDiagnostics, LogZ, QuadratureDiagnostics
@@ -317,12 +317,7 @@ def log_partition_importance_distributed(
     """
     ctx = ctx or current_context()
     base = base if base is not None else Uniform(energy.dim)
-    n_samples, n_batches = int(n_samples), int(n_batches)
-    if n_samples < 1 or n_batches < 1 or n_samples * n_batches < 2:
-        raise ValueError(
-            f"need n_samples >= 1, n_batches >= 1 and at least 2 draws; got {n_samples}, "
-            f"{n_batches}"
-        )
+    n_samples, n_batches = check_draws(n_samples, n_batches)
     dev = energy.param_device()
     local = torch.full((n_batches, 3), -math.inf, dtype=torch.float64)
     b0, b1 = partition_range(n_batches, ctx.rank, ctx.world_size)
