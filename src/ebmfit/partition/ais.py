@@ -310,59 +310,59 @@ def _steps(
     return state, div
 
 
-def _forward_chunk(
+#: One annealing stage of a chunk: the log-weight increment's coefficient c (``lw += c·V``
+#: at the current points), then a move at level s (``None``: no move).
+_Stage = tuple[float, int | None]
+
+
+def _forward_order(betas: list[float]) -> list[_Stage]:
+    r"""Forward AIS: for t = 1..T, :math:`\log w \mathrel{+}= -(\beta_t - \beta_{t-1})V`, then a
+    move at :math:`\beta_t`."""
+    return [(-(betas[t] - betas[t - 1]), t) for t in range(1, len(betas))]
+
+
+def _reverse_order(betas: list[float]) -> list[_Stage]:
+    r"""Reverse AIS: for t = T..1, :math:`\log w' \mathrel{+}= (\beta_t - \beta_{t-1})V`, then
+    (t > 1) a move at :math:`\beta_{t-1}`."""
+    return [
+        (betas[t] - betas[t - 1], t - 1 if t > 1 else None) for t in range(len(betas) - 1, 0, -1)
+    ]
+
+
+def _anneal_chunk(
     en: _Energies,
     x: torch.Tensor,
     plan: _Plan,
+    order: list[_Stage],
     kern: ModuleType,
     n_steps: int,
     kw: dict[str, Any],
     generator: torch.Generator,
     acc: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Run one chunk of chains through the stages of ``order`` (:func:`_forward_order` or
+    :func:`_reverse_order`); returns the log-weights, the final points and the divergences.
+
+    A move at level s is ``n_steps`` kernel transitions leaving :math:`\pi_{\beta_s}` invariant
+    with step size ``plan.step_sizes[s - 1]``; its acceptance is summed into ``acc[s - 1]``.
+    """
     betas = plan.betas.tolist()
     eps = plan.step_sizes.tolist()
-    T = len(betas) - 1
     v, gv, b, gb = en.start(x)
     lw = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     div = torch.zeros((), dtype=torch.int64, device=x.device)
-    for t in range(1, T + 1):
-        lw -= (betas[t] - betas[t - 1]) * v
-        state = en.state(x, v, gv, b, gb, betas[t])
+    for i, (coef, s) in enumerate(order):
+        lw += coef * v
+        if s is None:
+            continue
+        state = en.state(x, v, gv, b, gb, betas[s])
         state, div = _steps(
-            kern, generator, state, en.annealed(betas[t]), eps[t - 1], n_steps, kw, acc, div, t - 1
+            kern, generator, state, en.annealed(betas[s]), eps[s - 1], n_steps, kw, acc, div, s - 1
         )
-        if t < T:
-            x, v, gv, b, gb = en.unpack(state, betas[t])
-    return lw, state.position, div
-
-
-def _reverse_chunk(
-    en: _Energies,
-    x: torch.Tensor,
-    plan: _Plan,
-    kern: ModuleType,
-    n_steps: int,
-    kw: dict[str, Any],
-    generator: torch.Generator,
-    acc: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    betas = plan.betas.tolist()
-    eps = plan.step_sizes.tolist()
-    T = len(betas) - 1
-    v, gv, b, gb = en.start(x)
-    lw = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    div = torch.zeros((), dtype=torch.int64, device=x.device)
-    for t in range(T, 0, -1):
-        lw += (betas[t] - betas[t - 1]) * v
-        if t > 1:
-            s = t - 1
-            state = en.state(x, v, gv, b, gb, betas[s])
-            state, div = _steps(
-                kern, generator, state, en.annealed(betas[s]), eps[s - 1], n_steps, kw, acc, div,
-                s - 1,
-            )  # fmt: skip
+        if i + 1 < len(order):  # V at the new points is needed for the next increment
             x, v, gv, b, gb = en.unpack(state, betas[s])
+        else:
+            x = state.position
     return lw, x, div
 
 
@@ -382,10 +382,11 @@ def _run(
     dev = starts.device
     acc = torch.zeros(T, dtype=torch.float64, device=dev)
     lws, xs, div = [], [], 0
-    run = _forward_chunk if direction == "forward" else _reverse_chunk
+    betas = plan.betas.tolist()
+    order = _forward_order(betas) if direction == "forward" else _reverse_order(betas)
     with torch.no_grad():
         for x in starts.split(int(chunk)):
-            lw, xf, d = run(en, x, plan, kern, n_steps, kw, generator, acc)
+            lw, xf, d = _anneal_chunk(en, x, plan, order, kern, n_steps, kw, generator, acc)
             if not bool(torch.isfinite(lw).all()):
                 raise FloatingPointError(f"{direction} AIS: non-finite log-weights")
             lws.append(lw)
