@@ -111,20 +111,9 @@ class FlowBase(BaseMeasure):
         return torch.where(inside, lg, torch.full_like(lg, -torch.inf)).to(out_dt)
 
     @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        *,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype = torch.float64,
-        device: torch.device | str | None = None,
-    ) -> torch.Tensor:
-        """``n`` exact draws, shape (n, d), in the cube; deterministic given ``generator``."""
-        n = int(n)
-        gdev = generator.device if generator is not None else torch.device("cpu")
-        device = device if device is not None else gdev
-        if n == 0:
-            return torch.empty(0, self.dim, dtype=dtype, device=device)
+    def _draw(self, n: int, generator: torch.Generator | None, gdev: torch.device) -> torch.Tensor:
+        """Flow draws pushed through the sigmoid, each replaced by a uniform one with
+        probability ``uniform_weight``."""
         self.flow.to(gdev)
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=gdev)
         flat = torch.rand(n, self.dim, generator=generator, dtype=torch.float64, device=gdev)
@@ -132,8 +121,7 @@ class FlowBase(BaseMeasure):
         z = self.flow().transform.inv(eps)
         m, s = self._std(gdev)
         u = torch.sigmoid(m + s * z)
-        u = torch.where((pick < self.uniform_weight)[:, None], flat, u)
-        return u.to(dtype=dtype, device=device)
+        return torch.where((pick < self.uniform_weight)[:, None], flat, u)
 
     # ------------------------------------------------------------------ fitting
     @classmethod

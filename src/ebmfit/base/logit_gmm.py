@@ -175,20 +175,9 @@ class LogitGMMBase(BaseMeasure):
         return out.to(out_dt)
 
     # ------------------------------------------------------------------ sampling
-    def sample(
-        self,
-        n: int,
-        *,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype = torch.float64,
-        device: torch.device | str | None = None,
-    ) -> torch.Tensor:
-        """``n`` exact draws, shape (n, d), in the closed cube; deterministic given ``generator``."""
-        n = int(n)
-        gdev = generator.device if generator is not None else torch.device("cpu")
-        device = device if device is not None else gdev
-        if n == 0:
-            return torch.empty(0, self.dim, dtype=dtype, device=device)
+    def _draw(self, n: int, generator: torch.Generator | None, gdev: torch.device) -> torch.Tensor:
+        """A component per row (the last one uniform), then sigmoid(m_k + L_k ε); in the closed
+        cube."""
         m, _, _, chol = self._tensors(gdev)
         probs = torch.as_tensor(
             np.append(self.weights, self.uniform_weight), dtype=torch.float64, device=gdev
@@ -201,7 +190,7 @@ class LogitGMMBase(BaseMeasure):
             rows = comp == k
             if rows.any():
                 u[rows] = torch.sigmoid(m[k] + eps[rows] @ chol[k].T)
-        return u.to(dtype=dtype, device=device)
+        return u
 
     # ------------------------------------------------------------------ fitting
     @classmethod

@@ -15,7 +15,11 @@ __all__ = ["BaseMeasure", "Uniform"]
 
 
 class BaseMeasure:
-    """Interface: ``log_prob(u)`` of shape (n,) for u of shape (n, d); ``sample(n, generator)``."""
+    """Interface: ``log_prob(u)`` of shape (n,) for u of shape (n, d); ``sample(n, generator)``.
+
+    A base either implements :meth:`_draw` (float64 draws on the generator's device) and
+    inherits :meth:`sample`, or overrides :meth:`sample` itself.
+    """
 
     dim: int
 
@@ -29,7 +33,25 @@ class BaseMeasure:
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """``n`` exact draws, shape (n, d), in the cube; deterministic given ``generator``.
+
+        The draws are made in float64 on the generator's device (the CPU without one) by
+        :meth:`_draw`, then cast to ``dtype`` and moved to ``device`` (default: the
+        generator's device); ``n == 0`` draws nothing.
+        """
+        n = int(n)
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        device = device if device is not None else gdev
+        if n == 0:
+            return torch.empty(0, self.dim, dtype=dtype, device=device)
+        return self._draw(n, generator, gdev).to(dtype=dtype, device=device)
+
+    def _draw(
+        self, n: int, generator: torch.Generator | None, gdev: torch.device
     ) -> torch.Tensor:  # pragma: no cover - interface
+        """``n >= 1`` exact draws, float64 of shape (n, d), made with ``generator`` on ``gdev``
+        (the tensor may come back on the CPU: :meth:`sample` moves it)."""
         raise NotImplementedError
 
     def to_dict(self) -> dict:  # pragma: no cover - interface
@@ -59,6 +81,8 @@ class Uniform(BaseMeasure):
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
+        """``n`` uniform draws made directly in ``dtype`` on ``device`` (default: the
+        generator's device, else torch's default device)."""
         device = (
             device if device is not None else (generator.device if generator is not None else None)
         )

@@ -184,25 +184,14 @@ class TruncatedGMMBase(BaseMeasure):
         return torch.where(inside, out, torch.full_like(out, -torch.inf))
 
     # ------------------------------------------------------------------ sampling
-    def sample(
-        self,
-        n: int,
-        *,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype = torch.float64,
-        device: torch.device | str | None = None,
-    ) -> torch.Tensor:
-        """``n`` exact draws, shape (n, d), inside the cube; deterministic given ``generator``."""
-        n = int(n)
-        gdev = generator.device if generator is not None else torch.device("cpu")
-        device = device if device is not None else gdev
+    def _draw(self, n: int, generator: torch.Generator | None, gdev: torch.device) -> torch.Tensor:
+        """A component per row (the last one uniform), then the truncated normal's inverse CDF
+        at a uniform draw; inside the cube."""
         probs = torch.as_tensor(
             np.append(self.weights, self.uniform_weight), dtype=torch.float64, device=gdev
         )
-        comp = torch.multinomial(probs, n, replacement=True, generator=generator) if n else None
+        comp = torch.multinomial(probs, n, replacement=True, generator=generator)
         q = torch.rand(n, self.dim, generator=generator, dtype=torch.float64, device=gdev)
-        if n == 0:
-            return torch.empty(0, self.dim, dtype=dtype, device=device)
         comp = comp.cpu().numpy()
         q = q.cpu().numpy()
         out = q.copy()  # rows of the uniform component keep their uniform draw
@@ -212,7 +201,7 @@ class TruncatedGMMBase(BaseMeasure):
             m, s = self.means[k], self.stds[k]
             x = _truncnorm_ppf(q[g], -m / s, (1.0 - m) / s)
             out[g] = np.clip(m + s * x, 0.0, 1.0)  # round-off only
-        return torch.as_tensor(out, dtype=dtype, device=device)
+        return torch.from_numpy(out)
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
