@@ -10,6 +10,7 @@ import torch
 
 from ..energies import Energy, LinearEnergy
 from ..grid import gauss_legendre_1d, tensor_grid, tensor_log_weights
+from ..training.convex import minimize_lbfgs
 
 F64 = torch.float64
 
@@ -51,28 +52,20 @@ def fit_population(
     pi = torch.softmax(grid.log_w + target_logp, 0)
     m = energy.grid_moments(grid.axes, pi).detach()
     theta = energy.coef.detach().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS(
-        [theta],
-        lr=1,
-        max_iter=max_iter,
-        history_size=50,
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
-        line_search_fn="strong_wolfe",
-    )
 
     def objective() -> torch.Tensor:
         V = energy.grid_values(grid.axes, theta)
         eff = theta * energy.mask
         return (eff * m).sum() + torch.logsumexp(grid.log_w - V, 0) + ridge * (eff**2).sum()
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        obj = objective()
-        obj.backward()
-        return obj
-
-    opt.step(closure)
+    minimize_lbfgs(
+        theta,
+        objective,
+        max_iter=max_iter,
+        history_size=50,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+    )
     with torch.no_grad():
         obj = float(objective())
         if not math.isfinite(obj):

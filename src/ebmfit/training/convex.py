@@ -22,6 +22,7 @@ that λ.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from ._progress import nll_offset, progress_bar
 from .fit import FitResult, validation_nll
 from .parallel import ParallelContext
 
-__all__ = ["fit_convex", "training_rule"]
+__all__ = ["fit_convex", "minimize_lbfgs", "training_rule"]
 
 
 def training_rule(energy: LinearEnergy) -> tuple[int, int]:
@@ -63,6 +64,38 @@ def _mode_product(T: torch.Tensor, Q: torch.Tensor | None) -> torch.Tensor:
     return T
 
 
+def minimize_lbfgs(
+    param: torch.Tensor,
+    objective: Callable[[], torch.Tensor],
+    *,
+    max_iter: int,
+    history_size: int = 30,
+    tolerance_grad: float = 1e-8,
+    tolerance_change: float = 1e-11,
+) -> int:
+    """Minimise the scalar ``objective()`` over the leaf tensor ``param`` (``requires_grad``),
+    in place, by one ``step`` of L-BFGS with unit learning rate and a strong-Wolfe line search;
+    returns the number of L-BFGS iterations taken.  The defaults are the convex fit's."""
+    opt = torch.optim.LBFGS(
+        [param],
+        lr=1,
+        max_iter=max_iter,
+        history_size=history_size,
+        tolerance_grad=tolerance_grad,
+        tolerance_change=tolerance_change,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        obj = objective()
+        obj.backward()
+        return obj
+
+    opt.step(closure)
+    return int(opt.state[param].get("n_iter", 0))
+
+
 def _solve(
     energy: LinearEnergy,
     phi_bar: torch.Tensor,
@@ -82,26 +115,14 @@ def _solve(
     mask = energy.mask if Q is None else torch.ones_like(energy.mask)
     scale = h.clamp_min(1e-12).rsqrt() * mask
     eta = torch.zeros_like(theta0, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [eta],
-        lr=1,
-        max_iter=max_iter,
-        history_size=30,
-        tolerance_grad=1e-8,
-        tolerance_change=1e-11,
-        line_search_fn="strong_wolfe",
-    )
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
+    def objective() -> torch.Tensor:
         obj, _ = _objective(
             energy, theta0 + _mode_product(scale * eta, Q), phi_bar, axes, logw, lam
         )
-        obj.backward()
         return obj
 
-    opt.step(closure)
-    n_iter = int(opt.state[eta].get("n_iter", 0))
+    n_iter = minimize_lbfgs(eta, objective, max_iter=max_iter)
     theta = (theta0 + _mode_product(scale * eta, Q)).detach().requires_grad_(True)
     obj, nll = _objective(energy, theta, phi_bar, axes, logw, lam)
     if not torch.isfinite(obj):
