@@ -19,7 +19,16 @@ from ..base import BaseMeasure, Uniform
 from ..energies.base import Energy
 from .result import LogZ, QMCDiagnostics
 
-__all__ = ["combine_replicates", "log_integrand", "log_partition_qmc"]
+__all__ = ["check_sobol", "combine_replicates", "log_integrand", "log_partition_qmc"]
+
+
+def check_sobol(n_points: int, n_rep: int) -> None:
+    """``ValueError`` unless ``n_points`` is a power of 2 (Sobol balance) and ``n_rep >= 2``
+    (the replicates give the standard error)."""
+    if n_points & (n_points - 1):
+        raise ValueError("n_points must be a power of 2 for Sobol balance")
+    if n_rep < 2:
+        raise ValueError("n_rep must be >= 2 to estimate a standard error")
 
 
 @torch.no_grad()
@@ -64,10 +73,7 @@ def log_partition_qmc(
     a :class:`LogZ` with :class:`~ebmfit.partition.result.QMCDiagnostics`."""
     d = energy.dim
     base = base if base is not None else Uniform(d)
-    if n_points & (n_points - 1):
-        raise ValueError("n_points must be a power of 2 for Sobol balance")
-    if n_rep < 2:
-        raise ValueError("n_rep must be >= 2 to estimate a standard error")
+    check_sobol(n_points, n_rep)
     rng = np.random.default_rng(random_state)
     m = int(math.log2(n_points))
     log_zr = []

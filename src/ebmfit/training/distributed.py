@@ -27,7 +27,7 @@ from ..grid import gauss_legendre_1d
 from ..partition.ais import log_partition_ais
 from ..partition.auto import resolve_method
 from ..partition.importance import check_draws, combine_batches, log_weight_stats
-from ..partition.qmc import combine_replicates, log_integrand
+from ..partition.qmc import check_sobol, combine_replicates, log_integrand
 from ..partition.quadrature import MAX_DIM, check_log_partition, default_resolution
 from ..partition.result import AISDiagnostics, LogZ, QuadratureDiagnostics
 from .fit import base_check_points
@@ -173,10 +173,7 @@ def log_partition_qmc_distributed(
     ctx = ctx or current_context()
     d = energy.dim
     base = base if base is not None else Uniform(d)
-    if n_points & (n_points - 1):
-        raise ValueError("n_points must be a power of 2 for Sobol balance")
-    if n_rep < 2:
-        raise ValueError("n_rep must be >= 2 to estimate a standard error")
+    check_sobol(n_points, n_rep)
     if random_state is not None and not isinstance(random_state, (int, np.integer)):
         raise TypeError("random_state must be an int shared by all ranks")
     rng = np.random.default_rng(0 if random_state is None else int(random_state))
