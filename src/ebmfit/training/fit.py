@@ -51,7 +51,7 @@ from ..partition.quadrature import MAX_DIM, default_resolution, grid_log_integra
 from ._progress import nll_offset, progress_bar
 from .negatives import NegativePhaseError, Negatives, info_fields
 from .parallel import ParallelContext
-from .sgd_state import global_step_stats, load_state, save_state, sgd_config
+from .sgd_state import LoopObjects, global_step_stats, load_state, save_state, sgd_config
 from .sharding import ShardedNegatives
 
 if TYPE_CHECKING:
@@ -325,7 +325,8 @@ def fit_sgd(
     cfg = sgd_config(
         energy, negatives, n_train=n, batch_size=bs, max_iter=max_iter, lr=lr, val_every=val_every
     )
-    saved = load_state(checkpoint, par, cfg, energy, opt, sched, generator, negatives, tracker)
+    objs = LoopObjects(energy, opt, sched, generator, negatives, tracker)
+    saved = load_state(checkpoint, par, cfg, objs)
     if saved is not None:
         it, best, good_state, history = saved["it"], saved["best"], saved["good"], saved["history"]
         retries, since_best, n_val_done = saved["retries"], saved["since_best"], saved["n_val"]
@@ -449,13 +450,11 @@ def fit_sgd(
             if checkpoint is not None and it < max_iter and n_val_done % checkpoint.every == 0:
                 loop = {"it": it, "best": best, "history": history, "retries": retries}
                 loop.update(since_best=since_best, n_val=n_val_done, finished=False, reason="")
-                save_state(
-                    checkpoint, par, cfg, loop, energy, opt, sched, generator, negatives, tracker
-                )
+                save_state(checkpoint, par, cfg, loop, objs)
     bar.close()
     energy.load_state_dict(best["state"])
     if checkpoint is not None:
         loop = {"it": it, "best": best, "history": history, "retries": retries}
         loop.update(since_best=since_best, n_val=n_val_done, finished=True, reason=reason)
-        save_state(checkpoint, par, cfg, loop, energy, opt, sched, generator, negatives, tracker)
+        save_state(checkpoint, par, cfg, loop, objs)
     return FitResult(it, best["val"], best["it"], reason, history, tracker.events)

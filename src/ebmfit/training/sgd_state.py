@@ -33,7 +33,14 @@ from .sharding import ShardedNegatives, load_negatives_state, negatives_state
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointSection
 
-__all__ = ["StepStats", "global_step_stats", "load_state", "save_state", "sgd_config"]
+__all__ = [
+    "LoopObjects",
+    "StepStats",
+    "global_step_stats",
+    "load_state",
+    "save_state",
+    "sgd_config",
+]
 
 
 class StepStats(NamedTuple):
@@ -140,19 +147,23 @@ def _neg_state(negatives: Any) -> dict:
     return {"strategy": negatives_state(negatives)}
 
 
+class LoopObjects(NamedTuple):
+    """The stateful objects of one :func:`~ebmfit.training.fit_sgd` run that a checkpoint
+    saves and restores besides the loop's counters (``loop``)."""
+
+    energy: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any  # the learning-rate schedule
+    generator: torch.Generator | None  # the generator shared by all ranks
+    negatives: Any  # the negative phase (a ShardedNegatives on several ranks)
+    tracker: Any  # the stability monitor's state
+
+
 def save_state(
-    section: CheckpointSection,
-    par: ParallelContext,
-    cfg: dict,
-    loop: dict,
-    energy: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    generator: torch.Generator | None,
-    negatives: Any,
-    tracker: Any,
+    section: CheckpointSection, par: ParallelContext, cfg: dict, loop: dict, objs: LoopObjects
 ) -> None:
     """Write the loop's state (rank 0 writes; every rank contributes its negative phase)."""
+    energy, opt, sched, generator, negatives, tracker = objs
     neg_states = par.all_gather_object(_neg_state(negatives))
     if par.is_main:
         state = {
@@ -171,19 +182,12 @@ def save_state(
 
 
 def load_state(
-    section: CheckpointSection | None,
-    par: ParallelContext,
-    cfg: dict,
-    energy: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    generator: torch.Generator | None,
-    negatives: Any,
-    tracker: Any,
+    section: CheckpointSection | None, par: ParallelContext, cfg: dict, objs: LoopObjects
 ) -> dict | None:
     """Restore the loop from ``section`` (rank 0 reads, everyone receives); None if empty."""
     if section is None:
         return None
+    energy, opt, sched, generator, negatives, tracker = objs
     st = par.broadcast_object(section.load() if par.is_main else None)
     if st is None:
         return None
