@@ -315,7 +315,66 @@ def _advance(
     return state, stats
 
 
-class PersistentChains:
+class _KernelChains:
+    """What the chain strategies (:class:`PersistentChains`, :class:`ShortRunChains`) share:
+    the kernel and its step-size adaptation, the transitions and the equally weighted return."""
+
+    sharding = "chains"  # split over ranks by chains (ebmfit.training.sharding)
+
+    def _init_step(
+        self,
+        step_size: float,
+        target_accept: float | None,
+        adapt: bool,
+        adapt_window: int,
+        max_step: float,
+        inverse_mass: torch.Tensor | None,
+        kernel_kwargs: dict[str, Any],
+    ) -> None:
+        """The adapted step size: dual averaging towards ``target_accept`` (default: the
+        kernel's ``TARGET_ACCEPT``; a kernel without one is never adapted)."""
+        target = target_accept
+        if target is None:
+            target = getattr(self.kernel, "TARGET_ACCEPT", None)
+        self.adapt = adapt and target is not None
+        self.step = _StepSize(step_size, target, adapt_window, max_step)
+        self.inverse_mass = inverse_mass
+        self.kernel_kwargs = kernel_kwargs
+        self.last_info = NegativesInfo()
+
+    def _transitions(
+        self,
+        fn: PotentialFn,
+        position: torch.Tensor,
+        n_steps: int,
+        generator: torch.Generator | None,
+        adapt: bool,
+        base: BaseMeasure | None = None,
+        restart: torch.Tensor | None = None,
+    ) -> tuple[State, NegativesInfo]:
+        """:func:`_advance` with this strategy's kernel, step size and kernel settings."""
+        return _advance(
+            self.kernel,
+            fn,
+            position,
+            n_steps,
+            generator,
+            self.step,
+            adapt,
+            self.inverse_mass,
+            self.kernel_kwargs,
+            base,
+            restart,
+        )
+
+    def _negatives(self, points: torch.Tensor) -> Negatives:
+        """The chains' end points as model samples: equal weights 1/n, not self-normalised."""
+        n = self.n_chains
+        logw = torch.full((n,), -math.log(n), dtype=torch.float64, device=points.device)
+        return Negatives(points, logw, False)
+
+
+class PersistentChains(_KernelChains):
     r"""Persistent contrastive divergence: MCMC chains that live across fit steps (PCD).
 
     A replay buffer of ``buffer_size`` chain positions (default: ``n_chains``) is initialised
@@ -364,8 +423,6 @@ class PersistentChains:
         **kernel_kwargs: passed to the kernel's ``step`` (e.g. ``num_integration_steps``).
     """
 
-    sharding = "chains"  # split over ranks by chains (ebmfit.training.sharding)
-
     def __init__(
         self,
         dim: int,
@@ -401,16 +458,11 @@ class PersistentChains:
             raise ValueError("need n_chains >= 1, n_steps >= 1 and buffer_size >= n_chains")
         if not 0.0 <= self.reinit_fraction <= 1.0:
             raise ValueError(f"reinit_fraction must be in [0, 1], got {reinit_fraction}")
-        target = target_accept
-        if target is None:
-            target = getattr(self.kernel, "TARGET_ACCEPT", None)
-        self.adapt = adapt and target is not None
-        self.step = _StepSize(step_size, target, adapt_window, max_step)
-        self.inverse_mass = inverse_mass
-        self.kernel_kwargs = kernel_kwargs
+        self._init_step(
+            step_size, target_accept, adapt, adapt_window, max_step, inverse_mass, kernel_kwargs
+        )
         self.buffer: torch.Tensor | None = None
         self.n_calls = 0
-        self.last_info = NegativesInfo()
 
     def reset(self) -> None:
         """Forget the chains (the next call re-initialises the buffer from the base)."""
@@ -446,41 +498,18 @@ class PersistentChains:
         if self.reinit == "hard" and n_re:
             new = self.base.sample(n_re, generator=generator, device=dev)
             if self.reinit_steps:
-                new = _advance(
-                    self.kernel,
-                    fn,
-                    new,
-                    self.reinit_steps,
-                    generator,
-                    self.step,
-                    False,
-                    self.inverse_mass,
-                    self.kernel_kwargs,
-                )[0].position
+                new = self._transitions(fn, new, self.reinit_steps, generator, False)[0].position
             pos[fresh] = new
-        state, stats = _advance(
-            self.kernel,
-            fn,
-            pos,
-            self.n_steps,
-            generator,
-            self.step,
-            self.adapt,
-            self.inverse_mass,
-            self.kernel_kwargs,
-            self.base,
-            restart,
+        state, stats = self._transitions(
+            fn, pos, self.n_steps, generator, self.adapt, self.base, restart
         )
         self.buffer[idx] = state.position
         self.n_calls += 1
         self.last_info = stats._replace(kernel=self.kernel_name, n_reinit=n_re)
-        logw = torch.full(
-            (self.n_chains,), -math.log(self.n_chains), dtype=torch.float64, device=dev
-        )
-        return Negatives(state.position, logw, False)
+        return self._negatives(state.position)
 
 
-class ShortRunChains:
+class ShortRunChains(_KernelChains):
     r"""Short-run chains (contrastive divergence, CD-k): k transitions from fresh starts.
 
     Every call starts ``n_chains`` chains from the base P (``init="base"``) or from random rows
@@ -499,8 +528,6 @@ class ShortRunChains:
         kernel, base, step_size, target_accept, adapt, adapt_window, max_step, inverse_mass,
         **kernel_kwargs: as for :class:`PersistentChains`.
     """
-
-    sharding = "chains"  # split over ranks by chains (ebmfit.training.sharding)
 
     def __init__(
         self,
@@ -536,16 +563,9 @@ class ShortRunChains:
         self.data = None if data is None else data.detach().to(torch.float64)
         self.kernel_name, self.kernel = _resolve_kernel(kernel)
         self.base = base if base is not None else Uniform(dim)
-        target = (
-            target_accept
-            if target_accept is not None
-            else getattr(self.kernel, "TARGET_ACCEPT", None)
+        self._init_step(
+            step_size, target_accept, adapt, adapt_window, max_step, inverse_mass, kernel_kwargs
         )
-        self.adapt = adapt and target is not None
-        self.step = _StepSize(step_size, target, adapt_window, max_step)
-        self.inverse_mass = inverse_mass
-        self.kernel_kwargs = kernel_kwargs
-        self.last_info = NegativesInfo()
 
     def __call__(self, energy: Energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
@@ -555,22 +575,10 @@ class ShortRunChains:
             data = self.data.to(dev)
             idx = torch.randint(0, data.shape[0], (self.n_chains,), generator=generator, device=dev)
             pos = data[idx]
-        state, stats = _advance(
-            self.kernel,
-            chain_energy(energy, self.base),
-            pos,
-            self.k,
-            generator,
-            self.step,
-            self.adapt,
-            self.inverse_mass,
-            self.kernel_kwargs,
-        )
+        fn = chain_energy(energy, self.base)
+        state, stats = self._transitions(fn, pos, self.k, generator, self.adapt)
         self.last_info = stats._replace(kernel=self.kernel_name)
-        logw = torch.full(
-            (self.n_chains,), -math.log(self.n_chains), dtype=torch.float64, device=dev
-        )
-        return Negatives(state.position, logw, False)
+        return self._negatives(state.position)
 
     def state_dict(self) -> dict[str, Any]:
         """The step-size adaptation (the chains themselves start afresh every call)."""
