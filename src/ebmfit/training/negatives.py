@@ -21,6 +21,10 @@ adapted step size) lives in the object.  After every call ``strategy.last_info``
 :class:`NegativesInfo` of that call (acceptance rate, step size, ...; None where a field does not
 apply); the fit loop adds the energy gap and, for self-normalised negatives, the effective
 sample size, and records them.
+
+``__all__`` is the strategies and their types (:mod:`ebmfit.training` re-exports it); the
+helpers the fit loop and the tests share (:func:`chain_energy`, :func:`independence_step`,
+:func:`info_fields`, :func:`default_grid_points`) are imported by name.
 """
 
 from __future__ import annotations
@@ -49,10 +53,6 @@ __all__ = [
     "PersistentChains",
     "ShiftedGridNegatives",
     "ShortRunChains",
-    "chain_energy",
-    "default_grid_points",
-    "independence_step",
-    "info_fields",
 ]
 
 
