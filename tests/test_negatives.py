@@ -35,6 +35,7 @@ GMM = TruncatedGMMBase([0.6, 0.4], [[0.3, 0.6], [0.7, 0.4]], [[0.1, 0.1], [0.15,
 STRATEGIES = {
     "grid": lambda: ShiftedGridNegatives(2, 32),
     "importance": lambda: ImportanceNegatives(2, 512),
+    "importance-pool": lambda: ImportanceNegatives(2, 512, base=GMM, refresh=64),
     "pcd-mala": lambda: PersistentChains(2, 64, "mala", 3),
     "pcd-hmc-gmm": lambda: PersistentChains(
         2, 64, "hmc", 2, base=GMM, buffer_size=128, num_integration_steps=3
@@ -252,3 +253,73 @@ def test_frozen_chains_are_reported_and_raise_on_request():
         run("raise")
     with pytest.raises(ValueError, match="action"):
         StabilityMonitor(action="ignore")
+
+
+# --------------------------------------------------------------------------- importance pool
+def test_importance_pool_replaces_the_oldest_draws_by_exact_ones():
+    """With ``refresh=k`` the first call draws n points from the base and every later call
+    replaces the k oldest (cyclically) by k fresh draws made with the same generator: the
+    pool is exactly what drawing n, then k at a time, gives."""
+    n, k = 40, 16
+    strat = ImportanceNegatives(2, n, base=GMM, refresh=k)
+    e = QuadraticEnergy(2)
+    g, ref_g = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    ref = GMM.sample(n, generator=ref_g)
+    first = strat(e, g).points
+    assert torch.equal(first, ref)
+    cursor = 0
+    for _ in range(4):
+        fresh = GMM.sample(k, generator=ref_g)
+        idx = (cursor + torch.arange(k)) % n
+        ref = ref.index_copy(0, idx, fresh)
+        cursor = (cursor + k) % n
+        out = strat(e, g)
+        assert torch.equal(out.points, ref)
+        assert torch.allclose(out.log_weights, torch.full((n,), -math.log(n), dtype=torch.float64))
+    assert torch.equal(first, GMM.sample(n, generator=torch.Generator().manual_seed(5)))  # kept
+
+
+def test_importance_pool_state_round_trips_and_reset_forgets_it():
+    e = QuadraticEnergy(2)
+    a = ImportanceNegatives(2, 64, base=GMM, refresh=8)
+    g = torch.Generator().manual_seed(0)
+    a(e, g)
+    a(e, g)
+    state = a.state_dict()
+    b = ImportanceNegatives(2, 64, base=GMM, refresh=8)
+    b.load_state_dict(state)
+    g_state = g.get_state()
+    g2 = torch.Generator()
+    g2.set_state(g_state)
+    assert torch.equal(a(e, g).points, b(e, g2).points)
+    a.reset()
+    assert a.state_dict() == {}
+    assert ImportanceNegatives(2, 64).state_dict() == {}  # fresh draws: no state
+    with pytest.raises(ValueError, match="refresh"):
+        ImportanceNegatives(2, 64, refresh=65)
+
+
+def test_importance_pool_gradient_estimate_is_unbiased_for_the_model_mean():
+    """A pool made of exact base draws weighted by e^{-V} estimates E_Q[u] for
+    Q ∝ e^{-V} dP: against quadrature of the same expectation, within 4 SE over repeats."""
+    energy = QuadraticEnergy(2, mean=[0.2, 0.7], precision=[[8.0, 3.0], [3.0, 5.0]])
+    rules = [gauss_legendre_1d(64, 8) for _ in range(2)]
+    pts = tensor_grid([r[0] for r in rules])
+    w = (rules[0][1][:, None] * rules[1][1][None, :]).reshape(-1)
+    with torch.no_grad():
+        dens = w * torch.exp(-energy(pts).double() + GMM.log_prob(pts))
+    truth = (dens[:, None] * pts).sum(0) / dens.sum()
+    strat = ImportanceNegatives(2, 2000, base=GMM, refresh=500)
+    g = torch.Generator().manual_seed(11)
+    ests = []
+    for _ in range(40):
+        neg = strat(energy, g)
+        with torch.no_grad():
+            lw = -energy(neg.points).double()
+        pi = torch.softmax(lw, 0)
+        ests.append((pi[:, None] * neg.points).sum(0))
+    # consecutive pools share 3/4 of their draws; every 4th pool is disjoint from the last
+    # one taken, so those 10 estimates are independent
+    disjoint = torch.stack(ests)[::4]
+    se = disjoint.std(0) / math.sqrt(disjoint.shape[0])
+    assert torch.all((disjoint.mean(0) - truth).abs() < 4 * se)

@@ -22,6 +22,9 @@ class BaseMeasure:
     """
 
     dim: int
+    #: Whether a draw costs much more than a density evaluation (a flow's sequential
+    #: inverse): importance negatives then keep a pool and refresh part of it per step.
+    costly_draws: bool = False
 
     def log_prob(self, u: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError

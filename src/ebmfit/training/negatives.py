@@ -153,22 +153,69 @@ class ImportanceNegatives:
 
     :math:`u_k \sim P`, :math:`\pi_k \propto e^{-V(u_k)}`.  Consistent but biased for finite m;
     its effective sample size :math:`1/\sum_k \pi_k^2` says when it stops being useful.
+
+    ``refresh`` (for bases whose draws are costly, e.g. a flow: ``base.costly_draws``): keep a
+    pool of ``n_samples`` draws and replace only its ``refresh`` oldest by fresh ones at each
+    call, so that a step costs ``refresh`` draws instead of ``n_samples``.  Every pool is still
+    an i.i.d. sample of P (each member is an exact draw, independent of the others), but
+    consecutive pools share most of their members; the pool is the strategy's checkpointed
+    state.  ``None``: all ``n_samples`` fresh at each call.
     """
 
-    def __init__(self, dim: int, n_samples: int = 8192, base: BaseMeasure | None = None):
+    def __init__(
+        self,
+        dim: int,
+        n_samples: int = 8192,
+        base: BaseMeasure | None = None,
+        refresh: int | None = None,
+    ):
         self.dim = dim
         self.n_samples = n_samples
         self.base = base if base is not None else Uniform(dim)
+        if refresh is not None and not 1 <= int(refresh) <= n_samples:
+            raise ValueError(f"refresh must be None or in [1, {n_samples}], got {refresh}")
+        self.refresh = None if refresh is None else int(refresh)
         self.last_info = NegativesInfo()
+        self._pool: torch.Tensor | None = None
+        self._next = 0
+
+    def _points(self, dev: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+        n, k = self.n_samples, self.refresh
+        pool = self._pool
+        if k is None or k >= n:
+            return self.base.sample(n, generator=generator, device=dev)
+        if pool is None or pool.shape[0] != n:
+            self._pool, self._next = self.base.sample(n, generator=generator, device=dev), 0
+            return self._pool
+        idx = (self._next + torch.arange(k, device=pool.device)) % n
+        fresh = self.base.sample(k, generator=generator, device=pool.device)
+        self._pool = pool.index_copy(0, idx, fresh)  # out of place: earlier returns stay
+        self._next = (self._next + k) % n
+        return self._pool.to(dev)
 
     def __call__(self, energy: Energy, generator: torch.Generator | None = None) -> Negatives:
         dev = energy.param_device()
-        pts = self.base.sample(self.n_samples, generator=generator, device=dev)
+        pts = self._points(dev, generator)
         logw = torch.full(
             (self.n_samples,), -math.log(self.n_samples), dtype=torch.float64, device=dev
         )
         self.last_info = NegativesInfo(n_points=self.n_samples)
         return Negatives(pts, logw, True)
+
+    def reset(self) -> None:
+        """Forget the pool (the next call draws a new one)."""
+        self._pool, self._next = None, 0
+
+    def state_dict(self) -> dict:
+        """The pool and its cursor (empty when every call draws afresh)."""
+        if self._pool is None:
+            return {}
+        return {"pool": self._pool.detach().cpu(), "next": self._next}
+
+    def load_state_dict(self, state: dict) -> None:
+        pool = state.get("pool")
+        if pool is not None and tuple(pool.shape) == (self.n_samples, self.dim):
+            self._pool, self._next = pool.to(torch.float64), int(state.get("next", 0))
 
 
 # ----------------------------------------------------------------------------- MCMC strategies

@@ -106,8 +106,9 @@ class ShardedNegatives:
             if self.generator is not None and "generator" in mine:
                 self.generator.set_state(mine["generator"])
             return
-        if self.mode != "chains":
-            return  # stateless given the shared generator
+        if self.mode != "chains":  # the same global state on every rank (a pool, or none)
+            load_negatives_state(self.strategy, states[0].get("strategy", {}))
+            return
         parts = [s.get("strategy", {}) for s in states]
         bufs = [p["buffer"] for p in parts if p.get("buffer") is not None]
         st = dict(parts[0])
