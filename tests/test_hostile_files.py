@@ -191,6 +191,14 @@ def test_huge_base_mixture_is_refused(ref, tmp_path):
         load_model(path)
 
 
+def test_flow_base_passes_is_checked(ref, tmp_path):
+    flow = {"kind": "flow", "dim": 2, "transforms": 1, "hidden": [4], "uniform_weight": 0.0}
+    for bad in (1, 3, "2", 2.5):
+        path = _rewrite(ref, tmp_path / "f.ebm", _set("base", {**flow, "passes": bad}), resign=True)
+        with pytest.raises(ModelFileError, match="passes"):
+            load_model(path)
+
+
 def test_every_base_kind_and_energy_family_has_a_check():
     """New kinds must come with their size check (see ebmfit.io's docstring)."""
     from ebmfit.energies import FAMILIES

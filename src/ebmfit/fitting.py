@@ -59,7 +59,13 @@ PCD_CHAINS, PCD_STEPS, PCD_REINIT = 512, 5, 0.25
 CD_CHAINS, CD_STEPS = 512, 10
 #: Importance-sampling draws from the base per step.
 IS_DRAWS = 8192
+#: On a base with costly draws (a flow) importance negatives keep a pool of ``IS_DRAWS`` and
+#: replace ``IS_DRAWS // IS_REFRESH_FRACTION`` of them per step.
+IS_REFRESH_FRACTION = 8
 MAX_EXACT_DIM = 3
+#: ``base="auto"`` also trains a flow when d > :data:`MAX_EXACT_DIM`, zuko is installed and
+#: there are at least ``FLOW_MIN_ROWS`` training rows, for at most ``FLOW_TIME_LIMIT`` s.
+FLOW_MIN_ROWS, FLOW_TIME_LIMIT = 500, 60.0
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,13 @@ def _fit_base(kind: str, U_tr: torch.Tensor, U_val: torch.Tensor, seed: int) -> 
     if kind == "auto":  # the stronger exact family on the validation rows
         logit = LogitGMMBase.fit(U_tr, U_val, random_state=seed)
         trunc = TruncatedGMMBase.fit(U_tr.cpu().numpy(), random_state=seed % (2**31))
-        return best_on_validation([logit, trunc], U_val)
+        rivals: list[BaseMeasure] = [logit, trunc]
+        if d > MAX_EXACT_DIM and U_tr.shape[0] >= FLOW_MIN_ROWS and flows_available():
+            from .base.flow import FlowBase
+
+            flow = FlowBase.fit(U_tr, U_val, random_state=seed, time_limit=FLOW_TIME_LIMIT)
+            rivals.append(flow)
+        return best_on_validation(rivals, U_val)
     if kind in ("gmm", "truncated_gmm"):
         return TruncatedGMMBase.fit(U_tr.cpu().numpy(), random_state=seed % (2**31))
     if kind == "flow":
@@ -152,6 +164,13 @@ def _fit_base(kind: str, U_tr: torch.Tensor, U_val: torch.Tensor, seed: int) -> 
         gmm = LogitGMMBase.fit(U_tr, U_val, random_state=seed)
         return better_of(FlowBase.fit(U_tr, U_val, random_state=seed), gmm, U_val)
     raise ValueError(f"base must be one of {BASES}, got {kind!r}")
+
+
+def flows_available() -> bool:
+    """Whether zuko (``pip install ebmfit[flows]``) can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("zuko") is not None
 
 
 def refit_base(base: BaseMeasure, U_all: torch.Tensor, seed: int) -> BaseMeasure:
@@ -177,7 +196,8 @@ def make_negative_phase(
     (d ≤ 3 only).  ``"pcd"``: 512 persistent reflected-MALA chains, 5 transitions per step, a
     quarter of them offered a Metropolis restart from the base per step.  ``"cd"``: CD-10,
     512 short-run MALA chains started at data rows.  ``"importance"``: self-normalised
-    importance sampling from the base (``is_draws`` per step, default 8192).
+    importance sampling from the base (``is_draws`` per step, default 8192; on a base with
+    costly draws, a flow, a pool of ``is_draws`` of which an eighth is redrawn per step).
     """
     if name == "auto":
         if dim <= MAX_EXACT_DIM:
@@ -196,7 +216,8 @@ def make_negative_phase(
     if name == "cd":
         return ShortRunChains(dim, CD_CHAINS, CD_STEPS, "data", U_train, "mala", base)
     if name == "importance":
-        return ImportanceNegatives(dim, n_samples=is_draws, base=base)
+        refresh = max(1, is_draws // IS_REFRESH_FRACTION) if base.costly_draws else None
+        return ImportanceNegatives(dim, n_samples=is_draws, base=base, refresh=refresh)
     raise ValueError(f"unknown negative_phase {name!r}: use one of {NEGATIVE_PHASES}")
 
 

@@ -83,6 +83,9 @@ MARGIN_STACKED = 1.0
 MIN_ROWS_OTHER_BASE = 50
 #: The smallest weight of the base in any mixture with it (the defensive floor).
 MIX_FLOOR = 1e-3
+#: Importance draws per batch (4 batches) of an honest log Z, and on a base whose draws are
+#: costly (a flow: 32 768 draws in all; V's range is bounded, so the weights stay tame).
+LOGZ_DRAWS, LOGZ_DRAWS_COSTLY = 65536, 8192
 
 
 class CandidateScore(NamedTuple):
@@ -168,14 +171,17 @@ def honest_log_partition(
     base: BaseMeasure,
     *,
     generator: torch.Generator,
-    n_samples: int = 65536,
+    n_samples: int | None = None,
     check: bool = True,
 ) -> LogZ:
     """log Z of ``e^{-V} dP`` by a rule independent of training (see the module docstring).
 
     ``check=False`` skips the quadrature's independent adaptive check (its error bar is then
     the two-level difference alone): for the many refits of cross-fitting, whose scores only
-    rank candidates; a model that is kept always gets the check."""
+    rank candidates; a model that is kept always gets the check.  ``n_samples``: importance
+    draws per batch (default :data:`LOGZ_DRAWS`, :data:`LOGZ_DRAWS_COSTLY` on a flow)."""
+    if n_samples is None:  # draws per batch of 4 (a flow's draws cost much more)
+        n_samples = LOGZ_DRAWS_COSTLY if base.costly_draws else LOGZ_DRAWS
     rule = log_partition_rule(energy, base)
     if rule == "exact":
         return LogZ(0.0, 0.0, "exact", 0, "none")

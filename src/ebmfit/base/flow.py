@@ -32,6 +32,8 @@ __all__ = ["FlowBase"]
 _EPS = 2.0**-53
 #: Above this dimension :meth:`FlowBase.fit` builds coupling transforms (fast inverse).
 AUTOREGRESSIVE_MAX_DIM = 8
+#: Draws pushed through the inverse at once by :meth:`FlowBase.sample`.
+DRAW_CHUNK = 8192
 #: Validation rows read by the early stopping of :meth:`FlowBase.fit` (at most).
 STOP_ROWS = 4096
 
@@ -101,6 +103,7 @@ class FlowBase(BaseMeasure):
         else:
             _seeded_init(self.flow, torch.Generator().manual_seed(int(seed)))
         self.flow.eval()
+        self.flow.requires_grad_(False)  # a fitted base is fixed: no graph through it
 
     # ------------------------------------------------------------------ density
     def _std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +136,8 @@ class FlowBase(BaseMeasure):
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=gdev)
         flat = torch.rand(n, self.dim, generator=generator, dtype=torch.float64, device=gdev)
         pick = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
-        z = self.flow().transform.inv(eps)
+        inv = self.flow().transform.inv
+        z = torch.cat([inv(e) for e in eps.split(DRAW_CHUNK)])  # bounded intermediates
         m, s = self._std(gdev)
         u = torch.sigmoid(m + s * z)
         return torch.where((pick < self.uniform_weight)[:, None], flat, u)
@@ -186,6 +190,7 @@ class FlowBase(BaseMeasure):
             seed=seed,
         )
         base.flow.train()
+        base.flow.requires_grad_(True)
         g = torch.Generator().manual_seed(seed)
         if Uv.shape[0] > max_val_rows:
             Uv = Uv[torch.randperm(Uv.shape[0], generator=g)[:max_val_rows]]
@@ -211,6 +216,7 @@ class FlowBase(BaseMeasure):
                     break
         base.flow.load_state_dict(best_state)
         base.flow.eval()
+        base.flow.requires_grad_(False)
         base.val_nll = best
         base.fit_info = {"steps": step, "seconds": time.time() - t0, "val_nll": best}
         return base

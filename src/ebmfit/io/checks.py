@@ -298,6 +298,8 @@ def _check_flow(spec: dict, dim: int, shapes: Shapes) -> None:
     if t * (dim + max(hidden)) * max(hidden) * len(hidden) > MAX_ELEMENTS:
         raise ValueError(f"{where}: {t} transforms of widths {hidden} exceed the limit")
     _real(spec, "uniform_weight", where, default=0.0, lo=0.0, hi=1.0)
+    if spec.get("passes") is not None:  # absent or null: fully autoregressive
+        _int(spec, "passes", 2, dim, where)
     for name in ("mean", "scale"):
         if shapes.get(name) != (dim,):
             raise ValueError(f"{where}: tensor {name!r} missing or not of shape ({dim},)")

@@ -94,11 +94,12 @@ _CHECK_N = 2**16
 
 
 def base_check_points(base: BaseMeasure, device: torch.device | str) -> torch.Tensor:
-    """A fixed draw of ``_CHECK_N`` points from the base (seeded; cached per base object)."""
+    """A fixed draw of ``_CHECK_N`` points from the base (a quarter of them on a base whose
+    draws are costly, a flow; seeded; cached per base object)."""
     pts = _CHECK_POINTS.get(base)
     if pts is None:
         g = torch.Generator().manual_seed(12345)
-        pts = base.sample(_CHECK_N, generator=g)
+        pts = base.sample(_CHECK_N // 4 if base.costly_draws else _CHECK_N, generator=g)
         _CHECK_POINTS[base] = pts
     return pts.to(device)
 
