@@ -216,3 +216,18 @@ def test_flow_passes_rule_and_checks():
         FlowBase.from_parts(old, FlowBase(2, np.zeros(2), np.ones(2), hidden=(4,)).tensors()).passes
         is None
     )
+
+
+def test_flow_fit_is_reproducible_and_its_default_budget_is_in_steps():
+    """base='auto' bounds the flow by a step count (not a clock): same seed, same flow."""
+    pytest.importorskip("zuko")
+    from ebmfit.base import FlowBase
+    from ebmfit.fitting import flow_steps
+
+    U = np.random.default_rng(4).beta(2, 5, (300, 5))
+    a, b = (FlowBase.fit(U[:240], U[240:], hidden=(8,), transforms=1, max_steps=60) for _ in "ab")
+    V = torch.as_tensor(U[:50])
+    with torch.no_grad():
+        assert torch.equal(a.log_prob(V), b.log_prob(V))
+    assert a.fit_info["steps"] == b.fit_info["steps"] <= 60
+    assert [flow_steps(d) for d in (4, 8, 16, 64, 500)] == [4000, 4000, 2000, 500, 500]
