@@ -182,6 +182,9 @@ def _worker(argv: list[str]) -> None:
         e2 = make_energy()
         run_sgd(e2, ImportanceNegatives(DIM, 512), ctx)
         res["is_params"] = params(e2)
+        e2p = make_energy()
+        run_sgd(e2p, ImportanceNegatives(DIM, 512, refresh=64), ctx)
+        res["is_pool_params"] = params(e2p)
         e3 = make_energy()
         run_sgd(e3, PersistentChains(DIM, 64, n_steps=2), ctx)
         res["pcd_params"] = params(e3)
@@ -379,7 +382,8 @@ def suite(tmp_path_factory):
 def test_two_ranks_match_one_process_exact_grid_and_importance(suite):
     assert suite["world_size"] == 2
     for key, strat in (("grid_params", ShiftedGridNegatives(DIM, GRID)),
-                       ("is_params", ImportanceNegatives(DIM, 512))):  # fmt: skip
+                       ("is_params", ImportanceNegatives(DIM, 512)),
+                       ("is_pool_params", ImportanceNegatives(DIM, 512, refresh=64))):  # fmt: skip
         e = make_energy()
         run_sgd(e, strat)
         assert max_diff(suite[key], params(e)) < PARAM_TOL

@@ -61,7 +61,7 @@ CD_CHAINS, CD_STEPS = 512, 10
 IS_DRAWS = 8192
 #: On a base with costly draws (a flow) importance negatives keep a pool of ``IS_DRAWS`` and
 #: replace ``IS_DRAWS // IS_REFRESH_FRACTION`` of them per step.
-IS_REFRESH_FRACTION = 8
+IS_REFRESH_FRACTION = 64
 MAX_EXACT_DIM = 3
 #: ``base="auto"`` also trains a flow when d > :data:`MAX_EXACT_DIM`, zuko is installed and
 #: there are at least ``FLOW_MIN_ROWS`` training rows, for :func:`flow_steps` steps (a step
@@ -207,7 +207,7 @@ def make_negative_phase(
     quarter of them offered a Metropolis restart from the base per step.  ``"cd"``: CD-10,
     512 short-run MALA chains started at data rows.  ``"importance"``: self-normalised
     importance sampling from the base (``is_draws`` per step, default 8192; on a base with
-    costly draws, a flow, a pool of ``is_draws`` of which an eighth is redrawn per step).
+    costly draws, a flow, a pool of ``is_draws`` of which 1/64 is redrawn per step).
     """
     if name == "auto":
         if dim <= MAX_EXACT_DIM:
