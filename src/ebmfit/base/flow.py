@@ -32,7 +32,7 @@ __all__ = ["FlowBase"]
 _EPS = 2.0**-53
 #: Above this dimension :meth:`FlowBase.fit` builds coupling transforms (fast inverse).
 AUTOREGRESSIVE_MAX_DIM = 8
-#: Draws pushed through the inverse at once by :meth:`FlowBase.sample`.
+#: Rows pushed through the flow at once (:meth:`FlowBase.sample`, :meth:`FlowBase.log_prob`).
 DRAW_CHUNK = 8192
 #: Validation rows read by the early stopping of :meth:`FlowBase.fit` (at most).
 STOP_ROWS = 4096
@@ -114,12 +114,15 @@ class FlowBase(BaseMeasure):
         """Exact log p(u), shape (n,) for u of shape (n, d); −inf outside the cube."""
         out_dt = u.dtype if u.dtype.is_floating_point else torch.float64
         uu = u.to(torch.float64)
+        if uu.shape[0] == 0:
+            return torch.empty(0, dtype=out_dt, device=uu.device)
         self.flow.to(uu.device)
         m, s = self._std(uu.device)
         uc = uu.clamp(_EPS, 1.0 - _EPS)
         z = (torch.log(uc) - torch.log1p(-uc) - m) / s
         log_jac = -(torch.log(uc) + torch.log1p(-uc)).sum(-1) - torch.log(s).sum()
-        lg = self.flow().log_prob(z) + log_jac
+        dist = self.flow()
+        lg = torch.cat([dist.log_prob(c) for c in z.split(DRAW_CHUNK)]) + log_jac  # bounded memory
         if self.uniform_weight > 0:
             lg = torch.logaddexp(
                 math.log1p(-self.uniform_weight) + lg,
@@ -258,7 +261,10 @@ class FlowBase(BaseMeasure):
         )
 
     def __repr__(self) -> str:
-        return f"FlowBase(dim={self.dim}, transforms={self.transforms}, hidden={self.hidden})"
+        return (
+            f"FlowBase(dim={self.dim}, transforms={self.transforms}, hidden={self.hidden}, "
+            f"passes={self.passes})"
+        )
 
 
 @torch.no_grad()
