@@ -163,9 +163,11 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         diagonal Gaussian mixture in logit coordinates mixed with the uniform
         (:class:`~ebmfit.base.LogitGMMBase`); ``"gmm"``/``"truncated_gmm"``: a diagonal
         Gaussian mixture truncated to the box, components by BIC
-        (:class:`~ebmfit.base.TruncatedGMMBase`); ``"auto"``: the logit mixture unless the
-        truncated one beats it on the validation rows by more than 2 SE of the paired
-        difference; ``"flow"``: a zuko spline flow where it beats the logit mixture
+        (:class:`~ebmfit.base.TruncatedGMMBase`); ``"auto"``: the logit mixture unless a
+        rival beats it on the validation rows by more than 2 SE of the paired difference —
+        the truncated mixture, and above d = 3 with zuko installed and at least 500
+        training rows a neural spline flow (:class:`~ebmfit.base.FlowBase`, a step budget
+        of about a minute); ``"flow"``: a zuko spline flow where it beats the logit mixture
         (``pip install ebmfit[flows]``); ``"uniform"``: no base.  Every base is exactly
         normalized and sampled, so the base alone is always a candidate of the selection.
 

@@ -111,7 +111,8 @@ def running(
 
 
 def fit_base(kind: str, U_tr: torch.Tensor, U_val: torch.Tensor, seed: int) -> BaseMeasure:
-    """The base called ``kind`` (``"auto"`` = ``"logit_gmm"``) fitted to the unit-cube rows.
+    """The base called ``kind`` fitted to the unit-cube rows (``"auto"``: the logit GMM
+    unless a rival — the truncated GMM, a flow above 3-D — beats it by 2 SE on validation).
 
     In a parallel fit, rank 0 fits it (it is small, and scikit-learn's mixtures are not
     guaranteed bit-identical across processes) and sends it to every rank.
