@@ -99,7 +99,7 @@ class FlowBase(BaseMeasure):
                 passes=self.passes,
             ).double()
         if state is not None:
-            self.flow.load_state_dict(state)
+            self.flow.load_state_dict(_with_structure(self.flow, state))
         else:
             _seeded_init(self.flow, torch.Generator().manual_seed(int(seed)))
         self.flow.eval()
@@ -236,7 +236,12 @@ class FlowBase(BaseMeasure):
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {f"flow.{k}": v.detach().cpu() for k, v in self.flow.state_dict().items()}
+        """The flow's weights (its integer masks and orders are rebuilt from the spec)."""
+        out = {
+            f"flow.{k}": v.detach().cpu()
+            for k, v in self.flow.state_dict().items()
+            if v.is_floating_point()
+        }
         out["mean"] = torch.as_tensor(self.mean)
         out["scale"] = torch.as_tensor(self.scale)
         return out
@@ -265,6 +270,21 @@ class FlowBase(BaseMeasure):
             f"FlowBase(dim={self.dim}, transforms={self.transforms}, hidden={self.hidden}, "
             f"passes={self.passes})"
         )
+
+
+def _with_structure(flow: torch.nn.Module, state: dict) -> dict:
+    """``state``'s weights over ``flow``'s own masks and orders (non-floating buffers, fixed by
+    the architecture: never taken from a file); every weight must be there, nothing else."""
+    own = flow.state_dict()
+    fixed = {k: v for k, v in own.items() if not v.is_floating_point()}
+    missing = sorted(k for k in own if k not in fixed and k not in state)
+    unknown = sorted(k for k in state if k not in own)
+    if missing or unknown:
+        raise ValueError(
+            f"flow base: tensors missing {missing[:3]} or unknown {unknown[:3]} for this "
+            "architecture"
+        )
+    return {**{k: v for k, v in state.items() if k not in fixed}, **fixed}
 
 
 @torch.no_grad()
