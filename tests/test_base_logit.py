@@ -233,6 +233,27 @@ def test_flow_fit_is_reproducible_and_its_default_budget_is_in_steps():
     assert [flow_steps(d) for d in (4, 8, 16, 64, 500)] == [4000, 4000, 2000, 500, 500]
 
 
+def test_flow_trains_in_float32_keeps_float64_and_survives_a_divergence():
+    """Training runs in float32 (``train_dtype``); the kept flow is float64 and its recorded
+    validation NLL is the exact float64 one.  A learning rate that blows the loss up stops the
+    training and keeps the best state so far (never worse on validation than the start)."""
+    pytest.importorskip("zuko")
+    from ebmfit.base import FlowBase
+
+    U = np.random.default_rng(5).beta(2, 5, (300, 3))
+    base = FlowBase.fit(U[:240], U[240:], hidden=(8,), transforms=1, max_steps=40)
+    assert all(p.dtype == torch.float64 for p in base.flow.parameters())
+    with torch.no_grad():
+        exact = -float(base.log_prob(torch.as_tensor(U[240:])).mean())
+    assert base.val_nll == base.fit_info["val_nll"] == exact
+    start = FlowBase.fit(U[:240], U[240:], hidden=(8,), transforms=1, max_steps=0).val_nll
+    wild = FlowBase.fit(U[:240], U[240:], hidden=(8,), transforms=1, max_steps=200, lr=1e6)
+    V = torch.as_tensor(U)
+    with torch.no_grad():
+        assert torch.isfinite(wild.log_prob(V)).all()
+    assert wild.val_nll <= start + 1e-9
+
+
 @pytest.mark.parametrize("passes", [None, 2])
 def test_estimator_with_a_flow_base_round_trips_through_the_model_file(tmp_path, passes):
     """The model file holds the flow's weights only (its integer masks and orders are rebuilt

@@ -155,7 +155,7 @@ class FlowBase(BaseMeasure):
         transforms: int = 3,
         hidden: tuple[int, ...] = (64, 64),
         passes: int | str | None = "auto",
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         batch_size: int = 256,
         max_steps: int = 5000,
         val_every: int = 25,
@@ -163,6 +163,8 @@ class FlowBase(BaseMeasure):
         time_limit: float = 300.0,
         max_val_rows: int = STOP_ROWS,
         uniform_weight: float = 1e-3,
+        train_dtype: torch.dtype = torch.float32,
+        cosine: bool = True,
         random_state: int | None = 0,
     ) -> FlowBase:
         """Maximum likelihood with Adam, early stopping on ``U_val``; the best state is kept.
@@ -192,34 +194,49 @@ class FlowBase(BaseMeasure):
             uniform_weight=uniform_weight,
             seed=seed,
         )
-        base.flow.train()
-        base.flow.requires_grad_(True)
         g = torch.Generator().manual_seed(seed)
         if Uv.shape[0] > max_val_rows:
             Uv = Uv[torch.randperm(Uv.shape[0], generator=g)[:max_val_rows]]
-        opt = torch.optim.Adam(base.flow.parameters(), lr=lr)
-        best, best_state, bad, t0 = math.inf, copy.deepcopy(base.flow.state_dict()), 0, time.time()
-        with torch.no_grad():
-            best = -float(base.log_prob(Uv).mean())
+        # train on the standardized logits in ``train_dtype`` (the log-Jacobian and the
+        # uniform mixture do not depend on the weights); the kept flow is float64 again
+        m, s = base._std(Ut.device)
+        Z = ((logit(Ut) - m) / s).to(train_dtype)
+        Zv = ((logit(Uv) - m) / s).to(train_dtype)
+        flow = base.flow.to(train_dtype).train().requires_grad_(True)
+        opt = torch.optim.Adam(flow.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(max_steps, 1))
+
+        def val_loss() -> float:
+            with torch.no_grad():
+                return -float(torch.cat([flow().log_prob(c) for c in Zv.split(DRAW_CHUNK)]).mean())
+
+        best, best_state, bad, t0 = val_loss(), copy.deepcopy(flow.state_dict()), 0, time.time()
         step = 0
         for step in range(1, max_steps + 1):
-            idx = torch.randint(0, Ut.shape[0], (min(batch_size, Ut.shape[0]),), generator=g)
-            loss = -base.log_prob(Ut[idx]).mean()
+            idx = torch.randint(0, Z.shape[0], (min(batch_size, Z.shape[0]),), generator=g)
+            loss = -flow().log_prob(Z[idx]).mean()
+            if not torch.isfinite(loss):  # diverged: keep the best state so far
+                break
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if cosine:
+                sched.step()
             if step % val_every == 0:
-                with torch.no_grad():
-                    v = -float(base.log_prob(Uv).mean())
+                v = val_loss()
                 if v < best - 1e-4:
-                    best, best_state, bad = v, copy.deepcopy(base.flow.state_dict()), 0
+                    best, best_state, bad = v, copy.deepcopy(flow.state_dict()), 0
                 else:
                     bad += 1
                 if bad >= patience or time.time() - t0 > time_limit:
                     break
+        flow.double()
+        best_state = {k: v.double() if v.is_floating_point() else v for k, v in best_state.items()}
         base.flow.load_state_dict(best_state)
         base.flow.eval()
         base.flow.requires_grad_(False)
+        with torch.no_grad():  # the exact validation NLL of the kept (float64) base
+            best = -float(base.log_prob(Uv).mean())
         base.val_nll = best
         base.fit_info = {"steps": step, "seconds": time.time() - t0, "val_nll": best}
         return base
