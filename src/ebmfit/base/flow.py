@@ -174,7 +174,10 @@ class FlowBase(BaseMeasure):
         ``max_val_rows`` of the validation rows (a fixed random subset: the check is then
         cheap beside the steps).  ``passes="auto"``: fully autoregressive up to
         :data:`AUTOREGRESSIVE_MAX_DIM` dimensions, a coupling transform (2 passes, so that
-        drawing costs two conditioner evaluations per transform instead of d) above.
+        drawing costs two conditioner evaluations per transform instead of d) above.  The
+        learning rate decays from ``lr`` to 0 over ``max_steps`` by a cosine when ``cosine``;
+        the steps run in ``train_dtype`` and the kept flow is float64; a non-finite loss ends
+        the training (the best state so far is kept).
         """
         Ut = torch.as_tensor(np.asarray(_np(U)), dtype=torch.float64)
         Uv = torch.as_tensor(np.asarray(_np(U_val)), dtype=torch.float64)
