@@ -110,6 +110,14 @@ class FlowBase(BaseMeasure):
         t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
         return t(self.mean), t(self.scale)
 
+    def _standardize(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z = (logit(u) − m)/s, shape (n, d), and log|dz/du|, shape (n,), for float64 u in
+        the cube (clamped to [2⁻⁵³, 1 − 2⁻⁵³] as :func:`logit` does)."""
+        m, s = self._std(u.device)
+        uc = u.clamp(_EPS, 1.0 - _EPS)
+        lo, hi = torch.log(uc), torch.log1p(-uc)
+        return (lo - hi - m) / s, -(lo + hi).sum(-1) - torch.log(s).sum()
+
     def log_prob(self, u: torch.Tensor) -> torch.Tensor:
         """Exact log p(u), shape (n,) for u of shape (n, d); −inf outside the cube."""
         out_dt = u.dtype if u.dtype.is_floating_point else torch.float64
@@ -117,10 +125,7 @@ class FlowBase(BaseMeasure):
         if uu.shape[0] == 0:
             return torch.empty(0, dtype=out_dt, device=uu.device)
         self.flow.to(uu.device)
-        m, s = self._std(uu.device)
-        uc = uu.clamp(_EPS, 1.0 - _EPS)
-        z = (torch.log(uc) - torch.log1p(-uc) - m) / s
-        log_jac = -(torch.log(uc) + torch.log1p(-uc)).sum(-1) - torch.log(s).sum()
+        z, log_jac = self._standardize(uu)
         dist = self.flow()
         lg = torch.cat([dist.log_prob(c) for c in z.split(DRAW_CHUNK)]) + log_jac  # bounded memory
         if self.uniform_weight > 0:
@@ -202,9 +207,7 @@ class FlowBase(BaseMeasure):
             Uv = Uv[torch.randperm(Uv.shape[0], generator=g)[:max_val_rows]]
         # train on the standardized logits in ``train_dtype`` (the log-Jacobian and the
         # uniform mixture do not depend on the weights); the kept flow is float64 again
-        m, s = base._std(Ut.device)
-        Z = ((logit(Ut) - m) / s).to(train_dtype)
-        Zv = ((logit(Uv) - m) / s).to(train_dtype)
+        Z, Zv = (base._standardize(V)[0].to(train_dtype) for V in (Ut, Uv))
         flow = base.flow.to(train_dtype).train().requires_grad_(True)
         opt = torch.optim.Adam(flow.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(max_steps, 1))
@@ -234,8 +237,7 @@ class FlowBase(BaseMeasure):
                 if bad >= patience or time.time() - t0 > time_limit:
                     break
         flow.double()
-        best_state = {k: v.double() if v.is_floating_point() else v for k, v in best_state.items()}
-        base.flow.load_state_dict(best_state)
+        base.flow.load_state_dict(best_state)  # copied into the float64 weights
         base.flow.eval()
         base.flow.requires_grad_(False)
         with torch.no_grad():  # the exact validation NLL of the kept (float64) base
