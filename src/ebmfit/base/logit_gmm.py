@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,11 @@ __all__ = ["COVARIANCE_TYPES", "LogitGMMBase", "logit"]
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _EPS = 2.0**-53
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+#: EM tolerance (sklearn's ``tol``, on the per-row lower bound) of the structure search, and
+#: of the final fit of the chosen structure.  The search ranks configurations: on the 64-D
+#: table of ``benchmarks/fit_time.py`` (40 000 rows) 1e-2 halves its time and picks the same
+#: structure; the final fit restarts from the chosen mixture at sklearn's default 1e-3.
+SEARCH_TOL, FINAL_TOL = 1e-2, 1e-3
 _CHUNK_ELEMS = 1 << 22  # rows × components × d per evaluation chunk (bounded memory)
 
 
@@ -216,6 +221,7 @@ class LogitGMMBase(BaseMeasure):
         uniform_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 5e-2),
         max_fit_rows: int = 10_000,
         max_em_iter: int = 100,
+        search_tol: float = SEARCH_TOL,
         cv_max_rows: int = 4000,
         n_folds: int = 5,
         random_state: int | None = 0,
@@ -231,15 +237,19 @@ class LogitGMMBase(BaseMeasure):
         2. for each covariance type, the number of components K on 1, 2, 3, 4, 6, 8, 12, …
            up to ``max_components`` (and at most n/(d+1)), stopping after two steps without
            improvement;
-        3. :math:`\epsilon` again for the best (type, K);
+        3. :math:`\epsilon` again for the best (type, K), by a line search along
+           ``reg_grid`` from step 1's value, each way while the score improves;
         4. the uniform weight :math:`w_0` on ``uniform_grid``.
+
+        The search's EM runs stop at ``search_tol`` (:data:`SEARCH_TOL`): it only ranks
+        configurations.
 
         With at most ``cv_max_rows`` rows in all, every configuration is scored instead by
         ``n_folds``-fold cross-validation over train ∪ validation (out-of-fold rows: a single
         small validation split is too noisy to choose K and ε), and the chosen one is then
-        fitted on the training rows.  Otherwise candidates are fitted on at most
-        ``max_fit_rows`` training rows; the chosen one is then refitted on all of them from its
-        own parameters.  Without ``U_val`` the choice is by
+        fitted on the training rows at :data:`FINAL_TOL`.  Otherwise candidates are fitted on
+        at most ``max_fit_rows`` training rows; the chosen one is then refitted on all of them
+        from its own parameters at :data:`FINAL_TOL`.  Without ``U_val`` the choice is by
         BIC on the training rows (full covariances, smallest ε, :math:`w_0 = 10^{-3}`).
         Every configuration tried is recorded in ``fit_info``.
         """
@@ -262,7 +272,14 @@ class LogitGMMBase(BaseMeasure):
         seed = None if random_state is None else int(random_state) % (2**31)
         info: list[dict] = []
 
-        def fit_one(k: int, cov: str, reg: float, Y_: np.ndarray = Y_fit, **init: str):
+        def fit_one(
+            k: int,
+            cov: str,
+            reg: float,
+            Y_: np.ndarray = Y_fit,
+            tol: float = search_tol,
+            **init: Any,
+        ):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ConvergenceWarning: the score decides
                 return GaussianMixture(
@@ -270,6 +287,7 @@ class LogitGMMBase(BaseMeasure):
                     covariance_type=cov,
                     reg_covar=reg * scale,
                     max_iter=max_em_iter,
+                    tol=tol,
                     random_state=seed,
                     init_params=init.pop("init_params", "kmeans"),
                     **init,
@@ -283,8 +301,7 @@ class LogitGMMBase(BaseMeasure):
                 info.append({"covariance_type": "full", "n_components": k, "bic": bic})
                 if bic < best_bic:
                     best, best_bic = gm, bic
-            if Y_fit.shape[0] < n:
-                best = _refit(fit_one, best, Y, reg_grid[0])
+            best = _refit(fit_one, best, Y, reg_grid[0])
             base = cls.from_mixture(best, uniform_weight=1e-3)
             base.fit_info = info
             return base
@@ -346,19 +363,23 @@ class LogitGMMBase(BaseMeasure):
                     misses += 1
                     if misses >= 2:
                         break
-        # 3. regularisation again at the chosen structure (more components may want less)
+        # 3. regularisation again at the chosen structure (more components may want less): a
+        # line search along the grid from ε₀, each way while the score improves
         _, _, cov, k, _ = best
-        for r in reg_grid:
-            if r != best[4]:
-                s, gm = score(k, cov, r)
-                if s > best[0]:
-                    best = (s, gm, cov, k, r)
+        i0 = reg_grid.index(reg0)
+        for step in (-1, 1):
+            i = i0 + step
+            while 0 <= i < len(reg_grid):
+                s, gm = score(k, cov, reg_grid[i])
+                if s <= best[0]:
+                    break
+                best, i = (s, gm, cov, k, reg_grid[i]), i + step
         if not math.isfinite(best[0]):
             raise ValueError("no Gaussian mixture could be fitted to these data")
         gm = best[1]
         if gm is None:  # chosen by cross-validation: fit it on the training rows
-            gm = fit_one(best[3], best[2], best[4])
-        elif Y_fit.shape[0] < n:
+            gm = fit_one(best[3], best[2], best[4], tol=FINAL_TOL)
+        else:  # on all training rows at the final tolerance, from its own parameters
             gm = _refit(fit_one, gm, Y, reg=best[4])
         # 4. the uniform weight, by the held-out likelihood of the full density on the cube
         held = tried[best[3], best[2], best[4]][2]
@@ -379,6 +400,7 @@ class LogitGMMBase(BaseMeasure):
             "val_loglik": s_best,
             "reg_scale": scale,
             "max_em_iter": max_em_iter,
+            "search_tol": search_tol,
             "scored_by": f"{n_folds}-fold CV on {pool.shape[0]} rows"
             if use_cv
             else "validation rows",
@@ -462,14 +484,15 @@ def _k_path(k_cap: int) -> list[int]:
 
 
 def _refit(fit_one: Callable[..., GaussianMixture], gm: GaussianMixture, Y: np.ndarray, reg: float):
-    """Refit a mixture chosen on a subsample on all rows, started from its own parameters."""
+    """Refit a mixture chosen by the search on all rows ``Y`` at the final EM tolerance,
+    started from its own parameters (a few EM steps where the search already saw them all)."""
     init = {
         "weights_init": gm.weights_,
         "means_init": gm.means_,
         "precisions_init": gm.precisions_,
     }
     try:
-        return fit_one(gm.n_components, gm.covariance_type, reg, Y_=Y, **init)
+        return fit_one(gm.n_components, gm.covariance_type, reg, Y_=Y, tol=FINAL_TOL, **init)
     except (ValueError, np.linalg.LinAlgError):
         return gm
 
