@@ -304,3 +304,17 @@ def test_loose_search_tolerance_picks_the_structure_of_the_tight_search():
         assert loose.selected[key] == tight.selected[key]
     gap = float((loose.log_prob(T) - tight.log_prob(T)).mean())
     assert abs(gap) < 0.01
+
+
+def test_uniform_weight_is_scored_with_the_kept_mixture_on_the_validation_rows():
+    """Past the cross-validation size the uniform weight is chosen with the mixture that is
+    kept (refitted on all training rows), so the recorded validation log-likelihood is the
+    kept base's own mean log-density on those rows, to round-off (the search fits 2 000 of
+    the 5 500 training rows, as it fits 10 000 of a larger set by default)."""
+    rng = np.random.default_rng(5)
+    y = rng.multivariate_normal([0.5, -1.0, 0.0], [[1, 0.6, 0], [0.6, 1, 0.3], [0, 0.3, 1]], 7000)
+    U = 1.0 / (1.0 + np.exp(-y))
+    base = LogitGMMBase.fit(U[:5500], U[5500:], random_state=0, max_fit_rows=2000)
+    assert base.selected["scored_by"] == "validation rows"
+    own = float(base.log_prob(torch.as_tensor(U[5500:])).mean())
+    assert base.selected["val_loglik"] == pytest.approx(own, abs=1e-9)

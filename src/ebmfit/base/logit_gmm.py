@@ -239,7 +239,9 @@ class LogitGMMBase(BaseMeasure):
            improvement;
         3. :math:`\epsilon` again for the best (type, K), by a line search along
            ``reg_grid`` from step 1's value, each way while the score improves;
-        4. the uniform weight :math:`w_0` on ``uniform_grid``.
+        4. the uniform weight :math:`w_0` on ``uniform_grid``, scored with the kept mixture
+           on the validation rows (with cross-validation: with the out-of-fold fits), so
+           ``selected["val_loglik"]`` is the kept base's mean validation log-density.
 
         The search's EM runs stop at ``search_tol`` (:data:`SEARCH_TOL`): it only ranks
         configurations.
@@ -381,8 +383,10 @@ class LogitGMMBase(BaseMeasure):
             gm = fit_one(best[3], best[2], best[4], tol=FINAL_TOL)
         else:  # on all training rows at the final tolerance, from its own parameters
             gm = _refit(fit_one, gm, Y, reg=best[4])
-        # 4. the uniform weight, by the held-out likelihood of the full density on the cube
-        held = tried[best[3], best[2], best[4]][2]
+        # 4. the uniform weight, by the held-out likelihood of the full density on the cube:
+        # of the kept mixture itself on the validation rows (it never saw them), of the
+        # search's out-of-fold fits under cross-validation (the kept one saw every row)
+        held = tried[best[3], best[2], best[4]][2] if use_cv else gm.score_samples(Yv)
         lg = np.clip(held + log_jac, -1e300, None)  # log of the mixture part on the cube
         w_best, s_best = uniform_grid[0], -math.inf
         for w0 in uniform_grid:
