@@ -207,14 +207,24 @@ class FlowBase(BaseMeasure):
             Uv = Uv[torch.randperm(Uv.shape[0], generator=g)[:max_val_rows]]
         # train on the standardized logits in ``train_dtype`` (the log-Jacobian and the
         # uniform mixture do not depend on the weights); the kept flow is float64 again
-        Z, Zv = (base._standardize(V)[0].to(train_dtype) for V in (Ut, Uv))
+        Z = base._standardize(Ut)[0].to(train_dtype)
+        Zv, jac_v = base._standardize(Uv)
+        Zv = Zv.to(train_dtype)
         flow = base.flow.to(train_dtype).train().requires_grad_(True)
         opt = torch.optim.Adam(flow.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(max_steps, 1))
+        log_w0 = math.log(uniform_weight) if uniform_weight > 0 else -math.inf
 
         def val_loss() -> float:
+            # the NLL of the base that is kept (the flow mixed with the uniform on the cube),
+            # not of the bare flow: a validation row off a column the flow made sharp costs
+            # at most −log w₀ there, as it does in the selection that judges the base
             with torch.no_grad():
-                return -float(torch.cat([flow().log_prob(c) for c in Zv.split(DRAW_CHUNK)]).mean())
+                lq = torch.cat([flow().log_prob(c) for c in Zv.split(DRAW_CHUNK)]).double()
+                lp = torch.logaddexp(
+                    math.log1p(-uniform_weight) + lq + jac_v, torch.full_like(lq, log_w0)
+                )
+                return -float(lp.mean())
 
         best, best_state, bad, t0 = val_loss(), copy.deepcopy(flow.state_dict()), 0, time.time()
         step = 0
