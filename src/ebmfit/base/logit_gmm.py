@@ -45,10 +45,14 @@ __all__ = ["COVARIANCE_TYPES", "LogitGMMBase", "logit"]
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _EPS = 2.0**-53
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-#: EM tolerance (sklearn's ``tol``, on the per-row lower bound) of the structure search, and
-#: of the final fit of the chosen structure.  The search ranks configurations: on the 64-D
-#: table of ``benchmarks/fit_time.py`` (40 000 rows) 1e-2 halves its time and picks the same
-#: structure; the final fit restarts from the chosen mixture at sklearn's default 1e-3.
+#: EM tolerance (sklearn's ``tol``, on the per-row lower bound) of the structure search on
+#: a validation split, and of every final fit (and of the cross-validated search on small
+#: data).  On the 64-D table of ``benchmarks/fit_time.py`` (40 000 rows) 1e-2 halves the
+#: split search's time and picks the same structure (diamonds, 27 000 training rows: the
+#: same structure, test log-likelihood within 0.002); under cross-validation on a few hundred
+#: rows it stopped slowly converging mixtures early and under-ranked them (diabetes, 442 rows:
+#: 2–4 components instead of 8, −0.38 nats/row on 5 folds), so that search, cheap there, runs
+#: at sklearn's default 1e-3.
 SEARCH_TOL, FINAL_TOL = 1e-2, 1e-3
 _CHUNK_ELEMS = 1 << 22  # rows × components × d per evaluation chunk (bounded memory)
 
@@ -221,7 +225,7 @@ class LogitGMMBase(BaseMeasure):
         uniform_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 5e-2),
         max_fit_rows: int = 10_000,
         max_em_iter: int = 100,
-        search_tol: float = SEARCH_TOL,
+        search_tol: float | None = None,
         cv_max_rows: int = 4000,
         n_folds: int = 5,
         random_state: int | None = 0,
@@ -243,8 +247,10 @@ class LogitGMMBase(BaseMeasure):
            on the validation rows (with cross-validation: with the out-of-fold fits), so
            ``selected["val_loglik"]`` is the kept base's mean validation log-density.
 
-        The search's EM runs stop at ``search_tol`` (:data:`SEARCH_TOL`): it only ranks
-        configurations.
+        The search's EM runs stop at ``search_tol``; by default (``None``) at
+        :data:`SEARCH_TOL` on a validation split (it only ranks configurations, each scored
+        on many rows) and at :data:`FINAL_TOL` under cross-validation, where a loose
+        tolerance under-ranks slowly converging mixtures and the fits are cheap.
 
         With at most ``cv_max_rows`` rows in all, every configuration is scored instead by
         ``n_folds``-fold cross-validation over train ∪ validation (out-of-fold rows: a single
@@ -273,13 +279,14 @@ class LogitGMMBase(BaseMeasure):
         k_cap = max(1, min(int(max_components), Y_fit.shape[0] // (d + 1), Y_fit.shape[0] // 2))
         seed = None if random_state is None else int(random_state) % (2**31)
         info: list[dict] = []
+        tol_search = SEARCH_TOL if search_tol is None else float(search_tol)
 
         def fit_one(
             k: int,
             cov: str,
             reg: float,
             Y_: np.ndarray = Y_fit,
-            tol: float = search_tol,
+            tol: float | None = None,
             **init: Any,
         ):
             with warnings.catch_warnings():
@@ -289,7 +296,7 @@ class LogitGMMBase(BaseMeasure):
                     covariance_type=cov,
                     reg_covar=reg * scale,
                     max_iter=max_em_iter,
-                    tol=tol,
+                    tol=tol_search if tol is None else tol,
                     random_state=seed,
                     init_params=init.pop("init_params", "kmeans"),
                     **init,
@@ -312,6 +319,8 @@ class LogitGMMBase(BaseMeasure):
         Yv = logit(V)
         pool = np.concatenate([U, V])
         use_cv = pool.shape[0] <= cv_max_rows and pool.shape[0] >= 2 * n_folds
+        if use_cv and search_tol is None:
+            tol_search = FINAL_TOL
         if use_cv:  # small data: K-fold CV over train ∪ validation, out-of-fold rows
             Yp = logit(pool)
             folds = np.array_split(rng.permutation(pool.shape[0]), n_folds)
@@ -404,7 +413,7 @@ class LogitGMMBase(BaseMeasure):
             "val_loglik": s_best,
             "reg_scale": scale,
             "max_em_iter": max_em_iter,
-            "search_tol": search_tol,
+            "search_tol": tol_search,
             "scored_by": f"{n_folds}-fold CV on {pool.shape[0]} rows"
             if use_cv
             else "validation rows",
