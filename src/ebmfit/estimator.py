@@ -166,8 +166,8 @@ class EnergyDensity(DensityMixin, BaseEstimator):
         (:class:`~ebmfit.base.TruncatedGMMBase`); ``"auto"``: the logit mixture unless a
         rival beats it on the validation rows by more than 2 SE of the paired difference —
         the truncated mixture, and above d = 3 with zuko installed and at least 500
-        training rows a neural spline flow (:class:`~ebmfit.base.FlowBase`, a step budget
-        of about a minute); ``"flow"``: a zuko spline flow where it beats the logit mixture
+        training rows a neural spline flow (:class:`~ebmfit.base.FlowBase`, 64 000/d Adam
+        steps, at most 4 000); ``"flow"``: a zuko spline flow where it beats the logit mixture
         (``pip install ebmfit[flows]``); ``"uniform"``: no base.  Every base is exactly
         normalized and sampled, so the base alone is always a candidate of the selection.
 
