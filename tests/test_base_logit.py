@@ -381,3 +381,26 @@ def test_cross_validated_search_scores_converged_fits():
         ).fit(pool[mask])
         out[f] = gm.score_samples(pool[f])
     assert recorded == [pytest.approx(float(out.mean()), abs=1e-9)]
+
+
+def test_flow_shortens_its_cosine_decay_to_what_fits_in_the_time_limit(monkeypatch):
+    """On a clock that would cut the schedule short (here a fake one: 1 s per reading), the
+    cosine horizon shrinks to the steps that fit in 90 % of ``time_limit`` at the pace of the
+    checks, and training ends there, annealed, before the hard limit; with time to
+    spare the horizon is the whole budget."""
+    pytest.importorskip("zuko")
+    from types import SimpleNamespace
+
+    import ebmfit.base.flow as flow_mod
+    from ebmfit.base import FlowBase
+
+    rng = np.random.default_rng(0)
+    U = 1.0 / (1.0 + np.exp(-rng.normal(size=(300, 4))))
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(flow_mod, "time", SimpleNamespace(time=lambda: float(next(ticks))))
+    # t0 is the first reading; check k (step 5k) reads t0 + k: elapsed k s for 5k steps
+    b = FlowBase.fit(U[:200], U[200:], max_steps=1000, val_every=5, time_limit=10.0, hidden=(8,))
+    assert b.fit_info["horizon"] == 45 == b.fit_info["steps"]  # int(0.9 * 10 s * 5 steps/s)
+    monkeypatch.undo()
+    b = FlowBase.fit(U[:200], U[200:], max_steps=30, val_every=5, patience=10**6, hidden=(8,))
+    assert b.fit_info["horizon"] == 30 == b.fit_info["steps"]

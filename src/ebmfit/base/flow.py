@@ -172,7 +172,7 @@ class FlowBase(BaseMeasure):
         cosine: bool = True,
         random_state: int | None = 0,
     ) -> FlowBase:
-        """Maximum likelihood with Adam, early stopping on ``U_val``; the best state is kept.
+        r"""Maximum likelihood with Adam, early stopping on ``U_val``; the best state is kept.
 
         Training stops after ``patience`` checks without improvement, ``max_steps`` steps or
         ``time_limit`` seconds, whichever comes first.  Early stopping reads at most
@@ -180,9 +180,13 @@ class FlowBase(BaseMeasure):
         cheap beside the steps).  ``passes="auto"``: fully autoregressive up to
         :data:`AUTOREGRESSIVE_MAX_DIM` dimensions, a coupling transform (2 passes, so that
         drawing costs two conditioner evaluations per transform instead of d) above.  The
-        learning rate decays from ``lr`` to 0 over ``max_steps`` by a cosine when ``cosine``;
-        the steps run in ``train_dtype`` and the kept flow is float64; a non-finite loss ends
-        the training (the best state so far is kept).
+        learning rate decays from ``lr`` to 0 over ``max_steps`` by a cosine when ``cosine``,
+        :math:`\eta_s = \tfrac{\eta}{2}(1 + \cos(\pi (s-1)/H))` for steps s = 1 … H; where the
+        pace measured at the validation checks would let the clock cut the decay short, the
+        horizon H is set to the steps that fit in 90 % of ``time_limit`` (recorded in
+        ``fit_info["horizon"]``: a truncated decay ends at a high learning rate).  The steps
+        run in ``train_dtype`` and the kept flow is float64; a non-finite loss ends the
+        training (the best state so far is kept).
         """
         Ut = torch.as_tensor(np.asarray(_np(U)), dtype=torch.float64)
         Uv = torch.as_tensor(np.asarray(_np(U_val)), dtype=torch.float64)
@@ -212,7 +216,7 @@ class FlowBase(BaseMeasure):
         Zv = Zv.to(train_dtype)
         flow = base.flow.to(train_dtype).train().requires_grad_(True)
         opt = torch.optim.Adam(flow.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(max_steps, 1))
+        horizon = max(int(max_steps), 1)  # the cosine's length; shrunk if the clock binds
         log_w0 = math.log(uniform_weight) if uniform_weight > 0 else -math.inf
 
         def val_loss() -> float:
@@ -229,6 +233,9 @@ class FlowBase(BaseMeasure):
         best, best_state, bad, t0 = val_loss(), copy.deepcopy(flow.state_dict()), 0, time.time()
         step = 0
         for step in range(1, max_steps + 1):
+            if cosine:  # lr at this step of a cosine decay from lr to 0 over the horizon
+                for group in opt.param_groups:
+                    group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * (step - 1) / horizon))
             idx = torch.randint(0, Z.shape[0], (min(batch_size, Z.shape[0]),), generator=g)
             loss = -flow().log_prob(Z[idx]).mean()
             if not torch.isfinite(loss):  # diverged: keep the best state so far
@@ -236,16 +243,23 @@ class FlowBase(BaseMeasure):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if cosine:
-                sched.step()
-            if step % val_every == 0:
+            if step % val_every == 0 or step >= horizon:  # and the end of the decay
                 v = val_loss()
                 if v < best - 1e-4:
                     best, best_state, bad = v, copy.deepcopy(flow.state_dict()), 0
                 else:
                     bad += 1
-                if bad >= patience or time.time() - t0 > time_limit:
+                elapsed = time.time() - t0
+                if bad >= patience or elapsed > time_limit:
                     break
+                # where the clock would cut the schedule before its end (a loaded machine),
+                # set the decay's length to the steps that fit in 90 % of the limit at the pace
+                # so far (re-estimated at every check), so that the flow still anneals
+                if cosine:
+                    fits = int(0.9 * time_limit * step / max(elapsed, 1e-9))
+                    horizon = max(step, min(int(max_steps), fits))
+            if step >= horizon:
+                break
         flow.double()
         base.flow.load_state_dict(best_state)  # copied into the float64 weights
         base.flow.eval()
@@ -253,7 +267,12 @@ class FlowBase(BaseMeasure):
         with torch.no_grad():  # the exact validation NLL of the kept (float64) base
             best = -float(base.log_prob(Uv).mean())
         base.val_nll = best
-        base.fit_info = {"steps": step, "seconds": time.time() - t0, "val_nll": best}
+        base.fit_info = {
+            "steps": step,
+            "horizon": horizon,
+            "seconds": time.time() - t0,
+            "val_nll": best,
+        }
         return base
 
     # ------------------------------------------------------------------ persistence
