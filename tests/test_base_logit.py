@@ -402,5 +402,14 @@ def test_flow_shortens_its_cosine_decay_to_what_fits_in_the_time_limit(monkeypat
     b = FlowBase.fit(U[:200], U[200:], max_steps=1000, val_every=5, time_limit=10.0, hidden=(8,))
     assert b.fit_info["horizon"] == 45 == b.fit_info["steps"]  # int(0.9 * 10 s * 5 steps/s)
     monkeypatch.undo()
-    b = FlowBase.fit(U[:200], U[200:], max_steps=30, val_every=5, patience=10**6, hidden=(8,))
-    assert b.fit_info["horizon"] == 30 == b.fit_info["steps"]
+    for limit in (300.0, math.inf):
+        b = FlowBase.fit(
+            U[:200],
+            U[200:],
+            max_steps=30,
+            val_every=5,
+            patience=10**6,
+            time_limit=limit,
+            hidden=(8,),
+        )
+        assert b.fit_info["horizon"] == 30 == b.fit_info["steps"]
