@@ -254,8 +254,9 @@ class FlowBase(BaseMeasure):
                     break
                 # where the clock would cut the schedule before its end (a loaded machine),
                 # set the decay's length to the steps that fit in 90 % of the limit at the pace
-                # so far (re-estimated at every check), so that the flow still anneals
-                if cosine and math.isfinite(time_limit):
+                # so far (re-estimated at every check before the end), so that the flow still
+                # anneals
+                if cosine and math.isfinite(time_limit) and step < horizon:
                     fits = int(0.9 * time_limit * step / max(elapsed, 1e-9))
                     horizon = max(step, min(int(max_steps), fits))
             if step >= horizon:
