@@ -413,3 +413,12 @@ def test_flow_shortens_its_cosine_decay_to_what_fits_in_the_time_limit(monkeypat
             hidden=(8,),
         )
         assert b.fit_info["horizon"] == 30 == b.fit_info["steps"]
+
+
+@pytest.mark.parametrize("bad", [-1e-3, float("nan")])
+def test_a_bad_search_tolerance_is_named(bad):
+    """A negative or NaN ``search_tol`` is refused by name, not reported as "no Gaussian
+    mixture could be fitted" after every EM run failed (0 is sklearn's "run to max_iter")."""
+    U = np.random.default_rng(0).uniform(0.1, 0.9, (100, 2))
+    with pytest.raises(ValueError, match="search_tol must be a number >= 0"):
+        LogitGMMBase.fit(U[:80], U[80:], search_tol=bad)

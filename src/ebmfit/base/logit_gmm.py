@@ -279,6 +279,8 @@ class LogitGMMBase(BaseMeasure):
         k_cap = max(1, min(int(max_components), Y_fit.shape[0] // (d + 1), Y_fit.shape[0] // 2))
         seed = None if random_state is None else int(random_state) % (2**31)
         info: list[dict] = []
+        if search_tol is not None and not float(search_tol) >= 0:  # NaN too
+            raise ValueError(f"search_tol must be a number >= 0 or None, got {search_tol!r}")
         tol_search = SEARCH_TOL if search_tol is None else float(search_tol)
 
         def fit_one(
