@@ -25,6 +25,7 @@ from sklearn.neighbors import KernelDensity
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ._rng import RandomState
+from ._threads import single_threaded
 
 __all__ = ["LogitGMM", "ReflectedKDE"]
 
@@ -303,6 +304,7 @@ class LogitGMM(DensityMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
 
+    @single_threaded
     def fit(self, X: ArrayLike, y: object = None) -> LogitGMM:
         U = _check_in_cube(X, open_=True)
         Z = special.logit(U)

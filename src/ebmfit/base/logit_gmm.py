@@ -38,6 +38,7 @@ from scipy import linalg as sla
 if TYPE_CHECKING:
     from sklearn.mixture import GaussianMixture
 
+from .._threads import single_threaded
 from .measure import BaseMeasure
 
 __all__ = ["COVARIANCE_TYPES", "LogitGMMBase", "logit"]
@@ -214,6 +215,7 @@ class LogitGMMBase(BaseMeasure):
         )
 
     @classmethod
+    @single_threaded
     def fit(
         cls,
         U: ArrayLike | torch.Tensor,
@@ -422,6 +424,7 @@ class LogitGMMBase(BaseMeasure):
         }
         return base
 
+    @single_threaded
     def refit(self, U: ArrayLike | torch.Tensor, *, random_state: int | None = 0) -> LogitGMMBase:
         """The structure chosen by :meth:`fit` (type, K, ε, :math:`w_0`) refitted on ``U``."""
         from sklearn.mixture import GaussianMixture

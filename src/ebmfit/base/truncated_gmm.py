@@ -13,6 +13,7 @@ import torch
 from numpy.typing import ArrayLike
 from scipy import special
 
+from .._threads import single_threaded
 from .measure import BaseMeasure
 
 __all__ = ["TruncatedGMMBase"]
@@ -111,6 +112,7 @@ class TruncatedGMMBase(BaseMeasure):
 
     # ------------------------------------------------------------------ fitting
     @classmethod
+    @single_threaded
     def fit(
         cls,
         U: ArrayLike,
