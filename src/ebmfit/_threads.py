@@ -5,7 +5,7 @@ matrices (d × d Cholesky factors, triangular solves, n × d products); at those
 threads of OpenBLAS and OpenMP only add synchronisation.  Measured on 2 cores
 (``LogitGMMBase.fit`` on the estimator's training/validation split, identical results):
 quakes (4-D, 800 rows) 37.4 s → 12.3 s, digits (64-D, 1 437 rows) 120 s → 23 s, a 64-D
-table of 10 000 rows 20.8 s → 4.6 s, with the machine also busy; idle, see the docs.
+table of 10 000 rows 20.8 s → 4.6 s, with the machine also busy (not measured idle).
 scikit-learn's own ``KMeans`` limits BLAS the same way.
 """
 
