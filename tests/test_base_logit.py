@@ -422,3 +422,26 @@ def test_a_bad_search_tolerance_is_named(bad):
     U = np.random.default_rng(0).uniform(0.1, 0.9, (100, 2))
     with pytest.raises(ValueError, match="search_tol must be a number >= 0"):
         LogitGMMBase.fit(U[:80], U[80:], search_tol=bad)
+
+
+def test_flow_chunks_bound_the_rows_per_pass_and_do_not_change_the_results(monkeypatch):
+    """Draws and log-densities pass through the flow in chunks of ``chunk_rows(d)`` rows
+    (bounded memory): the chunking changes neither, up to float rounding."""
+    pytest.importorskip("zuko")
+    import ebmfit.base.flow as flow_mod
+
+    assert [flow_mod.chunk_rows(d) for d in (1, 4, 7, 16, 64, 10_000)] == [
+        8192,
+        8192,
+        4681,
+        2048,
+        512,
+        512,
+    ]
+    base = _flow_base()
+    V = torch.rand(3000, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        lp, S = base.log_prob(V), base.sample(3000, generator=torch.Generator().manual_seed(4))
+        monkeypatch.setattr(flow_mod, "chunk_rows", lambda d: 700)  # 5 passes, not 1
+        torch.testing.assert_close(base.log_prob(V), lp)
+        torch.testing.assert_close(base.sample(3000, generator=torch.Generator().manual_seed(4)), S)

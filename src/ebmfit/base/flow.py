@@ -32,8 +32,23 @@ __all__ = ["FlowBase"]
 _EPS = 2.0**-53
 #: Above this dimension :meth:`FlowBase.fit` builds coupling transforms (fast inverse).
 AUTOREGRESSIVE_MAX_DIM = 8
-#: Rows pushed through the flow at once (:meth:`FlowBase.sample`, :meth:`FlowBase.log_prob`).
-DRAW_CHUNK = 8192
+#: Entries (rows × d) pushed through the flow at once (:meth:`FlowBase.sample`,
+#: :meth:`FlowBase.log_prob`; see :func:`chunk_rows`).
+CHUNK_ENTRIES = 32768
+
+
+def chunk_rows(dim: int) -> int:
+    """Rows per pass through the flow: ``CHUNK_ENTRIES // dim`` clipped to [512, 8192].
+
+    The conditioners' outputs grow as rows × d × bins, and the allocator keeps freed blocks
+    of that size: a 64-D coupling flow drawing and scoring 8192 rows at a time, ten times
+    over, grew the process to 7.4 GB, in chunks of 512 rows to 1.2 GB; the small chunks
+    were also faster (16 384 draws at 64-D: 6.5 s → 2.4 s; at 16-D, autoregressive:
+    8.6 s → 5.2 s in chunks of 2048; at 7-D the same time above 2048 rows).
+    """
+    return max(512, min(8192, CHUNK_ENTRIES // max(int(dim), 1)))
+
+
 #: Validation rows read by the early stopping of :meth:`FlowBase.fit` (at most).
 STOP_ROWS = 4096
 
@@ -127,7 +142,8 @@ class FlowBase(BaseMeasure):
         self.flow.to(uu.device)
         z, log_jac = self._standardize(uu)
         dist = self.flow()
-        lg = torch.cat([dist.log_prob(c) for c in z.split(DRAW_CHUNK)]) + log_jac  # bounded memory
+        chunks = z.split(chunk_rows(self.dim))  # bounded memory
+        lg = torch.cat([dist.log_prob(c) for c in chunks]) + log_jac
         if self.uniform_weight > 0:
             lg = torch.logaddexp(
                 math.log1p(-self.uniform_weight) + lg,
@@ -145,7 +161,7 @@ class FlowBase(BaseMeasure):
         flat = torch.rand(n, self.dim, generator=generator, dtype=torch.float64, device=gdev)
         pick = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
         inv = self.flow().transform.inv
-        z = torch.cat([inv(e) for e in eps.split(DRAW_CHUNK)])  # bounded intermediates
+        z = torch.cat([inv(e) for e in eps.split(chunk_rows(self.dim))])  # bounded intermediates
         m, s = self._std(gdev)
         u = torch.sigmoid(m + s * z)
         return torch.where((pick < self.uniform_weight)[:, None], flat, u)
@@ -224,7 +240,7 @@ class FlowBase(BaseMeasure):
             # not of the bare flow: a validation row off a column the flow made sharp costs
             # at most −log w₀ there, as it does in the selection that judges the base
             with torch.no_grad():
-                lq = torch.cat([flow().log_prob(c) for c in Zv.split(DRAW_CHUNK)]).double()
+                lq = torch.cat([flow().log_prob(c) for c in Zv.split(chunk_rows(d))]).double()
                 lp = torch.logaddexp(
                     math.log1p(-uniform_weight) + lq + jac_v, torch.full_like(lq, log_w0)
                 )
