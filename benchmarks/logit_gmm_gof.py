@@ -44,7 +44,7 @@ from scipy.spatial.distance import cdist
 
 from _common import environment, write
 from ebmfit.baselines import LogitGMM
-from real_data import load, to_cube
+from real_data import RDATA, SKLEARN, load, to_cube
 
 DEFAULT = ["galaxies", "faithful", "iris", "quakes", "crabs", "diabetes", "wine"]
 M_DRAWS = 4000  # for the energy distance (an M × M distance matrix)
@@ -119,11 +119,13 @@ def run(name: str, B: int, seed: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", nargs="+", default=DEFAULT)
-    ap.add_argument("--B", type=int, default=199)
+    ap.add_argument("--datasets", nargs="+", default=DEFAULT, choices=[*SKLEARN, *RDATA])
+    ap.add_argument("--B", type=int, default=199, help="bootstrap replicates (>= 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="logit_gmm_gof")
     args = ap.parse_args()
+    if args.B < 1:
+        ap.error(f"--B must be >= 1, got {args.B}")
     env = environment()
     rows = {}
     for name in args.datasets:
