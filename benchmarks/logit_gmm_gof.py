@@ -60,21 +60,19 @@ def energy_distance(Z: np.ndarray, W: np.ndarray) -> float:
     return 2 * _mean_dist(Z, W) - _mean_dist(Z, Z) - _mean_dist(W, W)
 
 
-def statistics(Zs: np.ndarray, affine: tuple[np.ndarray, np.ndarray], seed: int) -> dict:
-    """Fit the BIC logit mixture to the standardized rows ``Zs`` (n, d) and return ED, LLgap
-    and K.  The mixture is fitted in the data's logit coordinates z = mu + sd·zs (the peer's
-    coordinates); the statistics use zs."""
+def statistics(Z: np.ndarray, affine: tuple[np.ndarray, np.ndarray], seed: int) -> dict:
+    """Fit the BIC logit mixture to the logit rows ``Z`` (n, d) and return ED, LLgap and K.
+    The mixture is fitted in logit coordinates (the peer's); ED is computed in the data's
+    standardized coordinates (z − mu) / sd, one fixed map for the data and every replicate."""
     mu, sd = affine
-    U = special.expit(mu + sd * Zs)
-    U = np.clip(U, 1e-300, 1 - 1e-16)
+    U = np.clip(special.expit(Z), 1e-300, 1 - 1e-16)
     g = LogitGMM(random_state=seed).fit(U)
     W = g.gmm_.sample(M_LL)[0]
     W = W[np.random.default_rng(seed).permutation(M_LL)]  # sklearn sorts draws by component
-    ll_data = g.gmm_.score_samples(mu + sd * Zs).mean()
+    ll_data = g.gmm_.score_samples(Z).mean()
     ll_model = g.gmm_.score_samples(W).mean()
-    Ws = (W[:M_DRAWS] - mu) / sd
     return {
-        "ED": energy_distance(Zs, Ws),
+        "ED": energy_distance((Z - mu) / sd, (W[:M_DRAWS] - mu) / sd),
         "LLgap": float(ll_data - ll_model),
         "K": int(g.n_components_),
         "gmm": g,
@@ -84,18 +82,19 @@ def statistics(Zs: np.ndarray, affine: tuple[np.ndarray, np.ndarray], seed: int)
 def run(name: str, B: int, seed: int) -> dict:
     U = to_cube(load(name, None))
     Z = special.logit(U)
-    mu, sd = Z.mean(0), Z.std(0) + 1e-12
-    Zs = (Z - mu) / sd
+    affine = (Z.mean(0), Z.std(0) + 1e-12)
     t0 = time.perf_counter()
-    obs = statistics(Zs, (mu, sd), seed)
+    obs = statistics(Z, affine, seed)
     rng = np.random.default_rng(seed)
     boot = {"ED": [], "LLgap": []}
     for b in range(B):
-        Zb = obs["gmm"].gmm_.sample(Zs.shape[0])[0]
+        Zb = obs["gmm"].gmm_.sample(Z.shape[0])[0]
         Zb = Zb[rng.permutation(Zb.shape[0])]  # sklearn sorts draws by component
-        s = statistics((Zb - mu) / sd, (mu, sd), seed + 1 + b)
+        s = statistics(Zb, affine, seed + 1 + b)
         for k in boot:
             boot[k].append(s[k])
+        # GaussianMixture.sample reseeds from its random_state at every call: a new seed
+        # for the next replicate, or every replicate would draw the same rows
         obs["gmm"].gmm_.random_state = int(rng.integers(2**31))
     ed, gap = np.asarray(boot["ED"]), np.asarray(boot["LLgap"])
     p_ed = (1 + np.sum(ed >= obs["ED"])) / (B + 1)
@@ -130,7 +129,7 @@ def main() -> None:
     rows = {}
     for name in args.datasets:
         rows[name] = run(name, args.B, args.seed)
-        print(name, {k: v for k, v in rows[name].items()}, flush=True)
+        print(name, rows[name], flush=True)
     lines = [
         "| data (n, d) | K (BIC) | ED | ED under H0 | p (ED) | LLgap | LLgap under H0 "
         "| p (LLgap) |",
@@ -145,8 +144,8 @@ def main() -> None:
     lines += [
         "",
         f"Parametric-bootstrap tests of H0 'logit(u) is a BIC Gaussian mixture' ({args.B} "
-        "replicates, each refitted by the same BIC search). ED: energy distance to 4 000 "
-        "draws of the fitted mixture (standardized logit coordinates). LLgap: in-sample mean "
+        "replicates, each refitted by the same BIC search). ED: energy distance to "
+        f"{M_DRAWS} draws of the fitted mixture (standardized logit coordinates). LLgap: in-sample mean "
         "log-likelihood minus the mixture's own expected log-likelihood (nats/row). A small p "
         "rejects H0 (the minimum is 1/(B + 1)).",
     ]
