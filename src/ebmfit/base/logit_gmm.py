@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 from .._threads import single_threaded
 from .measure import BaseMeasure
+from .stacking import stack_loglik, stack_or_select
 
 __all__ = ["COVARIANCE_TYPES", "LogitGMMBase", "logit"]
 
@@ -204,14 +205,24 @@ class LogitGMMBase(BaseMeasure):
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def from_mixture(cls, gm: GaussianMixture, uniform_weight: float = 0.0) -> LogitGMMBase:
-        """Wrap a ``sklearn.mixture.GaussianMixture`` fitted on logit coordinates."""
+    def from_mixture(
+        cls,
+        gm: GaussianMixture | list[tuple[float, GaussianMixture]],
+        uniform_weight: float = 0.0,
+    ) -> LogitGMMBase:
+        r"""Wrap a ``sklearn.mixture.GaussianMixture`` fitted on logit coordinates, or a stack
+        of them: ``[(alpha_j, mixture_j), ...]`` is :math:`\sum_j \alpha_j` mixture_j, one
+        mixture with every member's components (covariance type ``"full"`` where the members'
+        types differ)."""
+        if not isinstance(gm, list):
+            gm = [(1.0, gm)]
+        types = {g.covariance_type for _, g in gm}
         return cls(
-            gm.weights_,
-            gm.means_,
-            _chols_of(gm),
+            np.concatenate([a * g.weights_ for a, g in gm]),
+            np.concatenate([g.means_ for _, g in gm]),
+            np.concatenate([_chols_of(g) for _, g in gm]),
             uniform_weight=uniform_weight,
-            covariance_type=gm.covariance_type,
+            covariance_type=types.pop() if len(types) == 1 else "full",
         )
 
     @classmethod
@@ -230,6 +241,7 @@ class LogitGMMBase(BaseMeasure):
         search_tol: float | None = None,
         cv_max_rows: int = 4000,
         n_folds: int = 5,
+        stacked: bool = True,
         random_state: int | None = 0,
     ) -> LogitGMMBase:
         r"""Fit to unit-cube data ``U`` (shape (n, d)); select on ``U_val`` when given.
@@ -245,9 +257,18 @@ class LogitGMMBase(BaseMeasure):
            improvement;
         3. :math:`\epsilon` again for the best (type, K), by a line search along
            ``reg_grid`` from step 1's value, each way while the score improves;
+        3b. under cross-validation (small data, below) and with ``stacked``: every
+           configuration scored is a candidate for a *stack* (:mod:`.stacking`): convex
+           weights maximising the mean out-of-fold log-likelihood of their mixture.  A
+           second cross-validation over the out-of-fold rows compares "stack" with "keep the
+           best one", and the stack is kept only where it wins there; it is then one mixture
+           with every member's components (members fitted on the training rows, weights
+           :math:`\alpha_j \pi_{jk}`), as exact as any, recorded in ``selected["stack"]``;
         4. the uniform weight :math:`w_0` on ``uniform_grid``, scored with the kept mixture
-           on the validation rows (with cross-validation: with the out-of-fold fits), so
-           ``selected["val_loglik"]`` is the kept base's mean validation log-density.
+           on the validation rows (with cross-validation: with the out-of-fold fits, or the
+           stack of them), so ``selected["val_loglik"]`` is the kept base's mean validation
+           log-density (for a stack, with weights fitted on those same rows: optimistic by
+           about the second cross-validation's ``selected["stack"]["gain"]`` at most).
 
         The search's EM runs stop at ``search_tol``; by default (``None``) at
         :data:`SEARCH_TOL` on a validation split (it only ranks configurations, each scored
@@ -392,14 +413,42 @@ class LogitGMMBase(BaseMeasure):
         if not math.isfinite(best[0]):
             raise ValueError("no Gaussian mixture could be fitted to these data")
         gm = best[1]
-        if gm is None:  # chosen by cross-validation: fit it on the training rows
+        stack: dict | None = None
+        if use_cv and stacked:  # 3b. stack the configurations where that beats selecting one
+            keys = [key for key, v in tried.items() if v[2] is not None and math.isfinite(v[0])]
+            R = np.stack([tried[key][2] for key in keys], axis=1)
+            verdict = stack_or_select(R, n_folds=n_folds, seed=seed)
+            if verdict["stack"]:
+                stack = {
+                    "members": [
+                        {"n_components": k_, "covariance_type": c_, "reg": r_, "weight": float(a)}
+                        for (k_, c_, r_), a in zip(keys, verdict["weights"], strict=True)
+                        if a > 0
+                    ],
+                    "gain": verdict["gain"],
+                    "gain_se": verdict["gain_se"],
+                }
+                held = stack_loglik(R, verdict["weights"])
+            info.append(
+                {"stack": verdict["stack"], "gain": verdict["gain"], "se": verdict["gain_se"]}
+            )
+        if stack is not None:  # every member on the training rows, with the stacking weights
+            gm = [
+                (
+                    m["weight"],
+                    fit_one(m["n_components"], m["covariance_type"], m["reg"], tol=FINAL_TOL),
+                )
+                for m in stack["members"]
+            ]
+        elif gm is None:  # chosen by cross-validation: fit it on the training rows
             gm = fit_one(best[3], best[2], best[4], tol=FINAL_TOL)
         else:  # on all training rows at the final tolerance, from its own parameters
             gm = _refit(fit_one, gm, Y, reg=best[4])
         # 4. the uniform weight, by the held-out likelihood of the full density on the cube:
         # of the kept mixture itself on the validation rows (it never saw them), of the
         # search's out-of-fold fits under cross-validation (the kept one saw every row)
-        held = tried[best[3], best[2], best[4]][2] if use_cv else gm.score_samples(Yv)
+        if stack is None:
+            held = tried[best[3], best[2], best[4]][2] if use_cv else gm.score_samples(Yv)
         lg = np.clip(held + log_jac, -1e300, None)  # log of the mixture part on the cube
         w_best, s_best = uniform_grid[0], -math.inf
         for w0 in uniform_grid:
@@ -422,27 +471,34 @@ class LogitGMMBase(BaseMeasure):
             if use_cv
             else "validation rows",
         }
+        if stack is not None:
+            base.selected["stack"] = stack
         return base
 
     @single_threaded
     def refit(self, U: ArrayLike | torch.Tensor, *, random_state: int | None = 0) -> LogitGMMBase:
-        """The structure chosen by :meth:`fit` (type, K, ε, :math:`w_0`) refitted on ``U``."""
+        """The structure chosen by :meth:`fit` (type, K, ε, :math:`w_0`; every member of a stack,
+        with its stacking weight) refitted on ``U``."""
         from sklearn.mixture import GaussianMixture
 
         cfg = getattr(self, "selected", None)
         if not cfg:
             raise ValueError("refit needs a base fitted with validation rows (fit(U, U_val))")
         Y = logit(_as_numpy(U))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gm = GaussianMixture(
-                n_components=cfg["n_components"],
-                covariance_type=cfg["covariance_type"],
-                reg_covar=cfg["reg"] * cfg["reg_scale"],
-                max_iter=cfg["max_em_iter"],
-                random_state=None if random_state is None else int(random_state) % (2**31),
-            ).fit(Y)
-        base = type(self).from_mixture(gm, uniform_weight=cfg["uniform_weight"])
+        members = cfg.get("stack", {}).get("members") or [dict(cfg, weight=1.0)]
+        fitted = []
+        for m in members:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gm = GaussianMixture(
+                    n_components=m["n_components"],
+                    covariance_type=m["covariance_type"],
+                    reg_covar=m["reg"] * cfg["reg_scale"],
+                    max_iter=cfg["max_em_iter"],
+                    random_state=None if random_state is None else int(random_state) % (2**31),
+                ).fit(Y)
+            fitted.append((m["weight"], gm))
+        base = type(self).from_mixture(fitted, uniform_weight=cfg["uniform_weight"])
         base.fit_info, base.selected = self.fit_info, dict(cfg, refit_rows=int(Y.shape[0]))
         return base
 
