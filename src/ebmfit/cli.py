@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
 import numpy as np
 import typer
 from typer.core import TyperGroup
@@ -30,14 +29,28 @@ if TYPE_CHECKING:
     from .estimator import EnergyDensity
     from .model import SampleInfo
 
-try:  # typer >= 0.25 vendors click as typer._click; older versions use click itself
+try:  # typer >= 0.25 vendors click as typer._click (and from 0.29 no longer installs click)
     from typer._click import exceptions as _tc
-except ImportError:  # pragma: no cover
-    _tc = click.exceptions
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click import exceptions as _tc
 
-_CLICK_ERRORS = (click.ClickException, _tc.ClickException)
-_NO_ARGS = (click.exceptions.NoArgsIsHelpError, _tc.NoArgsIsHelpError)
-_ABORT = (click.Abort, typer.Abort)
+
+def _exceptions(name: str) -> tuple[type[BaseException], ...]:
+    """The exception class ``name`` of typer's click and, where installed, of click itself
+    (older typer releases, or a user's own click code, raise the latter)."""
+    found = [getattr(_tc, name, None)]
+    try:
+        from click import exceptions as _ce
+    except ImportError:
+        pass
+    else:
+        found.append(getattr(_ce, name, None))
+    return tuple({c for c in found if c is not None})
+
+
+_CLICK_ERRORS = _exceptions("ClickException")
+_NO_ARGS = _exceptions("NoArgsIsHelpError")
+_ABORT = (*_exceptions("Abort"), typer.Abort)
 
 STDOUT = "-"
 SEED_MAX = 2**32 - 1
@@ -74,7 +87,7 @@ def _one_line_warning(
     line: str | None = None,
 ) -> None:
     """Warnings in the CLI: one ``warning: ...`` line on stderr, no source location."""
-    click.echo(f"warning: {_one_line(str(message))}", err=True)
+    typer.echo(f"warning: {_one_line(str(message))}", err=True)
 
 
 class _OneLineErrors(TyperGroup):
@@ -97,15 +110,15 @@ class _OneLineErrors(TyperGroup):
         except _NO_ARGS:
             return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
         except _CLICK_ERRORS as e:
-            click.echo(f"error: {_one_line(e.format_message())}", err=True)
+            typer.echo(f"error: {_one_line(e.format_message())}", err=True)
             sys.exit(2)
         except _ABORT:
-            click.echo("error: aborted", err=True)
+            typer.echo("error: aborted", err=True)
             sys.exit(1)
         except Exception as e:
             if os.environ.get("EBMFIT_DEBUG"):
                 raise
-            click.echo(f"error: {_one_line(_describe(e))}", err=True)
+            typer.echo(f"error: {_one_line(_describe(e))}", err=True)
             sys.exit(2)
         sys.exit(rv if isinstance(rv, int) else 0)
 
