@@ -225,7 +225,7 @@ def main() -> None:
                         f"{extra.get('chosen', '')}",
                         flush=True,
                     )
-    table = _table(rows, methods, args.folds, args.repeats)
+    table = _table(rows, methods, args.folds)
     write(args.name, {"environment": env, "args": vars(args), "rows": rows}, table)
 
 
@@ -243,8 +243,9 @@ def corrected_se(diffs: list[float], folds: int) -> float:
     return math.sqrt((1 / len(diffs) + 1 / (folds - 1)) * var)
 
 
-def _table(rows, methods, folds, repeats=1) -> str:
+def _table(rows, methods, folds) -> str:
     names = list(dict.fromkeys(r["dataset"] for r in rows))
+    repeats = len({r.get("repeat", 0) for r in rows})  # rows of older runs: one partition
     head = (
         "| data (n, d) | " + " | ".join(f"{m}" for m in methods) + " | ebmfit − best peer | chose |"
     )
